@@ -1,0 +1,573 @@
+//! The CPU backend: im2col + GEMM (the `gemm` crate's SIMD kernels) for convolutions, batch
+//! images split into tasks that rayon runs in parallel, plain loops for the rest.
+//!
+//! Task boundaries depend only on the shapes, and per-task partial gradients are summed in
+//! task order, so results are bit-identical whatever the thread count.
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats};
+
+/// Normalization of the reference's `transforms.Normalize((0.1307,), (0.3081,))`.
+pub const PIXEL_MEAN: f32 = 0.1307;
+pub const PIXEL_STD: f32 = 0.3081;
+const IMAGE_PIXELS: usize = 784;
+
+/// Floats of im2col columns a task aims for: small enough to stay in L2 with its outputs.
+const TASK_COLUMN_FLOATS: usize = 1 << 15;
+/// Elements per task for element-wise ops.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start a CPU thread pool with {threads} threads: {source}")]
+pub struct ThreadPoolError {
+    threads: usize,
+    source: rayon::ThreadPoolBuildError,
+}
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    /// Per-task partial parameter gradients, kept to avoid allocating in the training step.
+    partials: Mutex<Vec<f32>>,
+}
+
+pub struct CpuData {
+    images: Vec<u8>,
+    labels: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct CpuStats(Stats);
+
+impl CpuBackend {
+    /// A backend running on `threads` threads (0 = one per core).
+    pub fn new(threads: usize) -> Result<Self, ThreadPoolError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cpu-backend-{i}"))
+            .build()
+            .map_err(|source| ThreadPoolError { threads, source })?;
+        Ok(CpuBackend { pool, partials: Mutex::new(Vec::new()) })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+/// A read-only matrix: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    fn t(self) -> Self {
+        Mat { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst (+)= a · b` with `dst` row-major `[a.rows, b.cols]`, single-threaded: callers
+/// parallelize over tasks, which beats splitting these small products.
+fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+    assert!(a.cols == b.rows && a.fits() && b.fits() && dst.len() >= a.rows * b.cols, "matmul shapes out of bounds");
+    // SAFETY: the assert above keeps every index gemm touches inside the three slices.
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
+            1,
+            b.cols as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with two per-thread scratch buffers of the given lengths; they only grow.
+fn with_scratch<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let [a, b] = &mut *cell.borrow_mut();
+        for (buf, len) in [(&mut *a, a_len), (&mut *b, b_len)] {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+        }
+        f(&mut a[..a_len], &mut b[..b_len])
+    })
+}
+
+/// How a batch splits into tasks of whole images.
+#[derive(Clone, Copy)]
+struct Tasks {
+    images_per_task: usize,
+    count: usize,
+}
+
+impl Tasks {
+    fn for_conv(s: &ConvShape) -> Self {
+        let per_image = s.patch() * s.h_out() * s.w_out();
+        let images_per_task = (TASK_COLUMN_FLOATS / per_image).clamp(1, s.batch.max(1));
+        Tasks { images_per_task, count: s.batch.div_ceil(images_per_task) }
+    }
+
+    fn images(&self, task: usize, batch: usize) -> Range<usize> {
+        let start = task * self.images_per_task;
+        start..(start + self.images_per_task).min(batch)
+    }
+}
+
+/// The valid output columns `ox` for kernel column `kx`: those reading inside the input row.
+fn valid_columns(s: &ConvShape, kx: usize) -> Range<usize> {
+    let start = s.pad.saturating_sub(kx);
+    let end = (s.width + s.pad).saturating_sub(kx).min(s.w_out());
+    start..end.max(start)
+}
+
+/// Visits each (im2col row, image, output row) as `visit(at, valid, input)`: `at` is where
+/// the row starts in the columns, `valid` the output columns that read inside the image (empty
+/// when the whole input row is padding) and `input` the input offset that `valid.start` reads.
+fn for_each_patch_row(s: &ConvShape, images: usize, mut visit: impl FnMut(usize, Range<usize>, usize)) {
+    let (ho, wo) = (s.h_out(), s.w_out());
+    let plane = ho * wo;
+    for ci in 0..s.c_in {
+        for ky in 0..s.kernel {
+            for kx in 0..s.kernel {
+                let k = (ci * s.kernel + ky) * s.kernel + kx;
+                let cols = valid_columns(s, kx);
+                for img in 0..images {
+                    for oy in 0..ho {
+                        let at = (k * images + img) * plane + oy * wo;
+                        let iy = (oy + ky).wrapping_sub(s.pad);
+                        if iy >= s.height {
+                            visit(at, 0..0, 0);
+                            continue;
+                        }
+                        let input = img * s.in_image()
+                            + (ci * s.height + iy) * s.width
+                            + (cols.start + kx).saturating_sub(s.pad);
+                        visit(at, cols.clone(), input);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lays the patches of `images` images out as columns: `col[k][img·HW + p]`.
+fn im2col(s: &ConvShape, x: &[f32], images: usize, col: &mut [f32]) {
+    let wo = s.w_out();
+    for_each_patch_row(s, images, |at, valid, input| {
+        let row = &mut col[at..at + wo];
+        row[..valid.start].fill(0.0);
+        row[valid.end.max(valid.start)..].fill(0.0);
+        row[valid.clone()].copy_from_slice(&x[input..input + valid.len()]);
+    });
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it came from.
+fn col2im_add(s: &ConvShape, col: &[f32], images: usize, dx: &mut [f32]) {
+    for_each_patch_row(s, images, |at, valid, input| {
+        for (d, c) in dx[input..input + valid.len()].iter_mut().zip(&col[at + valid.start..at + valid.end]) {
+            *d += c;
+        }
+    });
+}
+
+/// Copies `[c_out][img·HW + p]` (GEMM layout) to NCHW, adding the bias and optionally ReLU.
+fn scatter_output(s: &ConvShape, out: &[f32], images: usize, bias: &[f32], relu: bool, y: &mut [f32]) {
+    let plane = s.h_out() * s.w_out();
+    for img in 0..images {
+        for (co, b) in bias.iter().enumerate() {
+            let src = &out[co * images * plane + img * plane..][..plane];
+            let dst = &mut y[(img * s.c_out + co) * plane..][..plane];
+            for (d, v) in dst.iter_mut().zip(src) {
+                let v = v + b;
+                *d = if relu { v.max(0.0) } else { v };
+            }
+        }
+    }
+}
+
+/// The inverse layout change of [`scatter_output`], for output gradients.
+fn gather_output_grad(s: &ConvShape, dy: &[f32], images: usize, out: &mut [f32]) {
+    let plane = s.h_out() * s.w_out();
+    for img in 0..images {
+        for co in 0..s.c_out {
+            out[co * images * plane + img * plane..][..plane]
+                .copy_from_slice(&dy[(img * s.c_out + co) * plane..][..plane]);
+        }
+    }
+}
+
+fn par_map2(a: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(a.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(o, a)| {
+        for (o, &a) in o.iter_mut().zip(a) {
+            *o = f(a, *o);
+        }
+    });
+}
+
+impl CpuBackend {
+    fn conv_task_forward(&self, s: &ConvShape, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], relu: bool) {
+        let images = x.len() / s.in_image();
+        let cols = images * s.h_out() * s.w_out();
+        with_scratch(s.patch() * cols, s.c_out * cols, |col, out| {
+            im2col(s, x, images, col);
+            matmul(out, Mat::row_major(w, s.c_out, s.patch()), Mat::row_major(col, s.patch(), cols), false);
+            scatter_output(s, out, images, bias, relu, y);
+        });
+    }
+
+    fn conv_task_backward_data(&self, s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
+        let images = dy.len() / s.out_image();
+        let cols = images * s.h_out() * s.w_out();
+        if !accumulate {
+            dx.fill(0.0);
+        }
+        with_scratch(s.patch() * cols, s.c_out * cols, |dcol, dyg| {
+            gather_output_grad(s, dy, images, dyg);
+            matmul(dcol, Mat::row_major(w, s.c_out, s.patch()).t(), Mat::row_major(dyg, s.c_out, cols), false);
+            col2im_add(s, dcol, images, dx);
+        });
+    }
+
+    /// Writes this task's weight gradient then bias gradient into `partial`.
+    fn conv_task_backward_params(&self, s: &ConvShape, x: &[f32], dy: &[f32], partial: &mut [f32]) {
+        let images = x.len() / s.in_image();
+        let cols = images * s.h_out() * s.w_out();
+        let (dw, db) = partial.split_at_mut(s.weight_len());
+        with_scratch(s.patch() * cols, s.c_out * cols, |col, dyg| {
+            im2col(s, x, images, col);
+            gather_output_grad(s, dy, images, dyg);
+            matmul(dw, Mat::row_major(dyg, s.c_out, cols), Mat::row_major(col, s.patch(), cols).t(), false);
+            for (b, row) in db.iter_mut().zip(dyg.chunks_exact(cols)) {
+                *b = row.iter().sum();
+            }
+        });
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Idx = Vec<u32>;
+    type Data = CpuData;
+    type StatsBuf = CpuStats;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn zeros(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+
+    fn zeros_idx(&self, len: usize) -> Vec<u32> {
+        vec![0; len]
+    }
+
+    fn upload(&self, src: &[f32]) -> Vec<f32> {
+        src.to_vec()
+    }
+
+    fn upload_idx(&self, src: &[u32]) -> Vec<u32> {
+        src.to_vec()
+    }
+
+    fn upload_data(&self, images: &[u8], labels: &[u8]) -> CpuData {
+        CpuData { images: images.to_vec(), labels: labels.to_vec() }
+    }
+
+    fn download(&self, src: &Vec<f32>) -> Vec<f32> {
+        src.clone()
+    }
+
+    fn new_stats(&self) -> CpuStats {
+        CpuStats::default()
+    }
+
+    fn take_stats(&self, stats: &mut CpuStats) -> Stats {
+        std::mem::take(&mut stats.0)
+    }
+
+    fn gather(
+        &self,
+        data: &CpuData,
+        order: &Vec<u32>,
+        start: usize,
+        count: usize,
+        x: &mut Vec<f32>,
+        labels: &mut Vec<u32>,
+    ) {
+        let order = &order[start..start + count];
+        for (&i, label) in order.iter().zip(labels.iter_mut()) {
+            *label = u32::from(data.labels[i as usize]);
+        }
+        self.pool.install(|| {
+            x[..count * IMAGE_PIXELS].par_chunks_mut(IMAGE_PIXELS).zip(order).for_each(|(dst, &i)| {
+                let src = &data.images[i as usize * IMAGE_PIXELS..][..IMAGE_PIXELS];
+                for (d, &p) in dst.iter_mut().zip(src) {
+                    *d = (f32::from(p) / 255.0 - PIXEL_MEAN) / PIXEL_STD;
+                }
+            })
+        });
+    }
+
+    fn conv2d_forward(
+        &self,
+        s: &ConvShape,
+        x: &Vec<f32>,
+        params: &Vec<f32>,
+        slot: ParamSlot,
+        y: &mut Vec<f32>,
+        relu: bool,
+    ) {
+        let tasks = Tasks::for_conv(s);
+        let (w, bias) = (&params[slot.weight()], &params[slot.bias()]);
+        let (xs, ys) = (&x[..s.in_len()], &mut y[..s.out_len()]);
+        self.pool.install(|| {
+            ys.par_chunks_mut(tasks.images_per_task * s.out_image())
+                .zip(xs.par_chunks(tasks.images_per_task * s.in_image()))
+                .for_each(|(y, x)| self.conv_task_forward(s, x, w, bias, y, relu));
+        });
+    }
+
+    fn conv2d_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &Vec<f32>,
+        params: &Vec<f32>,
+        slot: ParamSlot,
+        dx: &mut Vec<f32>,
+        accumulate: bool,
+    ) {
+        let tasks = Tasks::for_conv(s);
+        let w = &params[slot.weight()];
+        let (dys, dxs) = (&dy[..s.out_len()], &mut dx[..s.in_len()]);
+        self.pool.install(|| {
+            dxs.par_chunks_mut(tasks.images_per_task * s.in_image())
+                .zip(dys.par_chunks(tasks.images_per_task * s.out_image()))
+                .for_each(|(dx, dy)| self.conv_task_backward_data(s, dy, w, dx, accumulate));
+        });
+    }
+
+    fn conv2d_backward_params(
+        &self,
+        s: &ConvShape,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        grads: &mut Vec<f32>,
+        slot: ParamSlot,
+    ) {
+        let tasks = Tasks::for_conv(s);
+        let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        let len = tasks.count * slot.len();
+        if partials.len() < len {
+            partials.resize(len, 0.0);
+        }
+        let partials = &mut partials[..len];
+        self.pool.install(|| {
+            partials.par_chunks_mut(slot.len()).enumerate().for_each(|(task, partial)| {
+                let images = tasks.images(task, s.batch);
+                let x = &x[images.start * s.in_image()..images.end * s.in_image()];
+                let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
+                self.conv_task_backward_params(s, x, dy, partial);
+            });
+        });
+        sum_partials(partials, &mut grads[slot.offset..slot.offset + slot.len()]);
+    }
+
+    fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>) {
+        let n = dy.len().min(y.len());
+        self.pool.install(|| par_map2(&y[..n], &mut dy[..n], |y, d| if y > 0.0 { d } else { 0.0 }));
+    }
+
+    fn add_relu(&self, a: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) {
+        let n = y.len();
+        self.pool.install(|| {
+            y.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .zip(a[..n].par_chunks(ELEMENTWISE_CHUNK).zip(b[..n].par_chunks(ELEMENTWISE_CHUNK)))
+                .for_each(|(y, (a, b))| {
+                    for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+                        *y = (a + b).max(0.0);
+                    }
+                });
+        });
+    }
+
+    fn maxpool_forward(&self, s: &PoolShape, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u32>) {
+        let (plane_in, plane_out) = (s.height * s.width, (s.height / 2) * (s.width / 2));
+        let (ys, idx) = (&mut y[..s.out_len()], &mut argmax[..s.out_len()]);
+        self.pool.install(|| {
+            ys.par_chunks_mut(plane_out)
+                .zip(idx.par_chunks_mut(plane_out))
+                .zip(x[..s.in_len()].par_chunks(plane_in))
+                .with_min_len(16)
+                .for_each(|((y, idx), x)| maxpool_plane(s.width, x, y, idx));
+        });
+    }
+
+    fn maxpool_backward(&self, s: &PoolShape, dy: &Vec<f32>, argmax: &Vec<u32>, dx: &mut Vec<f32>) {
+        let (plane_in, plane_out) = (s.height * s.width, (s.height / 2) * (s.width / 2));
+        self.pool.install(|| {
+            dx[..s.in_len()]
+                .par_chunks_mut(plane_in)
+                .zip(dy[..s.out_len()].par_chunks(plane_out).zip(argmax[..s.out_len()].par_chunks(plane_out)))
+                .with_min_len(16)
+                .for_each(|(dx, (dy, idx))| {
+                    dx.fill(0.0);
+                    for (&d, &i) in dy.iter().zip(idx) {
+                        dx[i as usize] = d;
+                    }
+                });
+        });
+    }
+
+    fn linear_forward(&self, s: &LinearShape, x: &Vec<f32>, params: &Vec<f32>, slot: ParamSlot, y: &mut Vec<f32>) {
+        let y = &mut y[..s.batch * s.outputs];
+        let w = Mat::row_major(&params[slot.weight()], s.outputs, s.inputs);
+        matmul(y, Mat::row_major(&x[..s.batch * s.inputs], s.batch, s.inputs), w.t(), false);
+        for row in y.chunks_exact_mut(s.outputs) {
+            for (v, b) in row.iter_mut().zip(&params[slot.bias()]) {
+                *v += b;
+            }
+        }
+    }
+
+    fn linear_backward_data(
+        &self,
+        s: &LinearShape,
+        dy: &Vec<f32>,
+        params: &Vec<f32>,
+        slot: ParamSlot,
+        dx: &mut Vec<f32>,
+    ) {
+        let w = Mat::row_major(&params[slot.weight()], s.outputs, s.inputs);
+        let dy = Mat::row_major(&dy[..s.batch * s.outputs], s.batch, s.outputs);
+        matmul(&mut dx[..s.batch * s.inputs], dy, w, false);
+    }
+
+    fn linear_backward_params(
+        &self,
+        s: &LinearShape,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        grads: &mut Vec<f32>,
+        slot: ParamSlot,
+    ) {
+        let dy = &dy[..s.batch * s.outputs];
+        let x = Mat::row_major(&x[..s.batch * s.inputs], s.batch, s.inputs);
+        matmul(&mut grads[slot.weight()], Mat::row_major(dy, s.batch, s.outputs).t(), x, false);
+        let db = &mut grads[slot.bias()];
+        db.fill(0.0);
+        for row in dy.chunks_exact(s.outputs) {
+            for (b, d) in db.iter_mut().zip(row) {
+                *b += d;
+            }
+        }
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        batch: usize,
+        classes: usize,
+        logits: &Vec<f32>,
+        labels: &Vec<u32>,
+        dlogits: &mut Vec<f32>,
+        stats: &mut CpuStats,
+    ) {
+        let rows = logits[..batch * classes].chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes));
+        for ((z, dz), &label) in rows.zip(labels) {
+            let (loss, correct) = softmax_xent_row(z, label as usize, batch as f32, dz);
+            stats.0.loss_sum += f64::from(loss);
+            stats.0.correct += u64::from(correct);
+        }
+    }
+
+    fn sgd_step(&self, step: SgdStep, params: &mut Vec<f32>, grads: &Vec<f32>, momentum: &mut Vec<f32>) {
+        for ((p, &g), m) in params.iter_mut().zip(grads).zip(momentum.iter_mut()) {
+            *m = if step.first { g } else { step.momentum * *m + g };
+            *p -= step.lr * *m;
+        }
+    }
+}
+
+/// Max of each 2×2 window of one plane, keeping the first maximum in scan order as PyTorch
+/// does; `idx` holds its position within the plane.
+fn maxpool_plane(width: usize, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
+    let wo = width / 2;
+    for (o, (y, idx)) in y.iter_mut().zip(idx.iter_mut()).enumerate() {
+        let (oy, ox) = (o / wo, o % wo);
+        let top = 2 * oy * width + 2 * ox;
+        let mut best = top;
+        for i in [top + 1, top + width, top + width + 1] {
+            if x[i] > x[best] {
+                best = i;
+            }
+        }
+        *y = x[best];
+        *idx = best as u32;
+    }
+}
+
+/// One example's loss and whether it is classified correctly; writes `(softmax − onehot)/batch`.
+fn softmax_xent_row(z: &[f32], label: usize, batch: f32, dz: &mut [f32]) -> (f32, bool) {
+    let (mut arg, mut max) = (0, f32::NEG_INFINITY);
+    for (i, &v) in z.iter().enumerate() {
+        if v > max {
+            (arg, max) = (i, v);
+        }
+    }
+    let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+    for (d, &v) in dz.iter_mut().zip(z) {
+        *d = (v - max).exp() / sum / batch;
+    }
+    dz[label] -= 1.0 / batch;
+    (max + sum.ln() - z[label], arg == label)
+}
+
+fn sum_partials(partials: &[f32], out: &mut [f32]) {
+    let mut tasks = partials.chunks_exact(out.len());
+    if let Some(first) = tasks.next() {
+        out.copy_from_slice(first);
+    }
+    for partial in tasks {
+        for (o, p) in out.iter_mut().zip(partial) {
+            *o += p;
+        }
+    }
+}

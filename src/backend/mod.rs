@@ -1,0 +1,241 @@
+//! The ops the model is written against. Each backend (CPU here, CUDA behind the `cuda`
+//! feature) implements them over its own storage; tests compare backends op by op.
+//!
+//! Tensors are NCHW `f32`. Parameters, gradients and momentum each live in one flat buffer;
+//! a layer finds its weight and bias there through a [`ParamSlot`].
+
+pub mod cpu;
+
+/// Where one layer's parameters sit in the flat parameter buffer: the weight, then the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamSlot {
+    pub offset: usize,
+    pub weight_len: usize,
+    pub bias_len: usize,
+}
+
+impl ParamSlot {
+    pub fn len(&self) -> usize {
+        self.weight_len + self.bias_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn weight(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.weight_len
+    }
+
+    pub fn bias(&self) -> std::ops::Range<usize> {
+        let start = self.offset + self.weight_len;
+        start..start + self.bias_len
+    }
+}
+
+/// A stride-1 square convolution with symmetric zero padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: usize,
+    pub pad: usize,
+}
+
+impl ConvShape {
+    pub fn h_out(&self) -> usize {
+        self.height + 2 * self.pad + 1 - self.kernel
+    }
+
+    pub fn w_out(&self) -> usize {
+        self.width + 2 * self.pad + 1 - self.kernel
+    }
+
+    /// Elements of one image's input, and of the whole batch.
+    pub fn in_image(&self) -> usize {
+        self.c_in * self.height * self.width
+    }
+
+    pub fn in_len(&self) -> usize {
+        self.batch * self.in_image()
+    }
+
+    pub fn out_image(&self) -> usize {
+        self.c_out * self.h_out() * self.w_out()
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.batch * self.out_image()
+    }
+
+    /// Length of one filter: the GEMM reduction dimension.
+    pub fn patch(&self) -> usize {
+        self.c_in * self.kernel * self.kernel
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.patch()
+    }
+
+    /// Multiply-adds of the forward pass over the batch.
+    pub fn macs(&self) -> usize {
+        self.out_len() * self.patch()
+    }
+}
+
+/// A 2×2, stride-2 max-pool over `channels` planes of `height × width` per image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl PoolShape {
+    pub fn in_len(&self) -> usize {
+        self.batch * self.channels * self.height * self.width
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.batch * self.channels * (self.height / 2) * (self.width / 2)
+    }
+}
+
+/// A fully connected layer `y = x·Wᵀ + b`, with `W` stored `[outputs, inputs]` as in PyTorch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearShape {
+    pub batch: usize,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+/// SGD with momentum, PyTorch semantics: the first step sets `buf = g`, later ones
+/// `buf = momentum·buf + g`; then `p -= lr·buf`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub first: bool,
+}
+
+/// Running sums a backend accumulates on its own side of the bus, read when printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Sum of per-example cross-entropy losses.
+    pub loss_sum: f64,
+    /// Examples whose arg-max logit equals the label.
+    pub correct: u64,
+}
+
+/// The ops a model is built from. Buffers are owned by the backend; the model only holds them.
+pub trait Backend {
+    /// `f32` storage.
+    type Buf;
+    /// `u32` storage: labels, shuffled orders and max-pool arg-maxes.
+    type Idx;
+    /// A data set's images (`u8`, 784 per image) and labels, resident where the ops run.
+    type Data;
+    /// The accumulator behind [`Stats`].
+    type StatsBuf;
+
+    fn name(&self) -> String;
+
+    fn zeros(&self, len: usize) -> Self::Buf;
+    fn zeros_idx(&self, len: usize) -> Self::Idx;
+    fn upload(&self, src: &[f32]) -> Self::Buf;
+    fn upload_idx(&self, src: &[u32]) -> Self::Idx;
+    fn upload_data(&self, images: &[u8], labels: &[u8]) -> Self::Data;
+    fn download(&self, src: &Self::Buf) -> Vec<f32>;
+    fn new_stats(&self) -> Self::StatsBuf;
+    /// Reads the accumulated stats and resets them to zero.
+    fn take_stats(&self, stats: &mut Self::StatsBuf) -> Stats;
+
+    /// Gathers examples `order[start..start + count]` into normalized images `x`
+    /// (`(p/255 − mean)/std`) and their labels.
+    fn gather(
+        &self,
+        data: &Self::Data,
+        order: &Self::Idx,
+        start: usize,
+        count: usize,
+        x: &mut Self::Buf,
+        labels: &mut Self::Idx,
+    );
+
+    /// `y = conv(x, W) + b`, then ReLU when `relu`.
+    fn conv2d_forward(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        params: &Self::Buf,
+        slot: ParamSlot,
+        y: &mut Self::Buf,
+        relu: bool,
+    );
+    /// `dx (+)= conv_transpose(dy, W)`; adds into `dx` when `accumulate`.
+    fn conv2d_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &Self::Buf,
+        params: &Self::Buf,
+        slot: ParamSlot,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+    );
+    /// Writes the weight and bias gradients of the layer at `slot` into `grads`.
+    fn conv2d_backward_params(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        grads: &mut Self::Buf,
+        slot: ParamSlot,
+    );
+
+    /// `dy *= (y > 0)`, the backward of a ReLU whose output was `y`. Also the backward of
+    /// the residual `relu(a + b)`: the masked gradient flows unchanged into both `a` and `b`.
+    fn relu_backward(&self, y: &Self::Buf, dy: &mut Self::Buf);
+    /// `y = relu(a + b)`.
+    fn add_relu(&self, a: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf);
+
+    fn maxpool_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf, argmax: &mut Self::Idx);
+    /// Routes `dy` to the arg-max of each window; every other element of `dx` becomes zero.
+    fn maxpool_backward(&self, s: &PoolShape, dy: &Self::Buf, argmax: &Self::Idx, dx: &mut Self::Buf);
+
+    fn linear_forward(&self, s: &LinearShape, x: &Self::Buf, params: &Self::Buf, slot: ParamSlot, y: &mut Self::Buf);
+    fn linear_backward_data(
+        &self,
+        s: &LinearShape,
+        dy: &Self::Buf,
+        params: &Self::Buf,
+        slot: ParamSlot,
+        dx: &mut Self::Buf,
+    );
+    fn linear_backward_params(
+        &self,
+        s: &LinearShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        grads: &mut Self::Buf,
+        slot: ParamSlot,
+    );
+
+    /// Softmax cross-entropy over `classes` logits per example: writes the gradient of the
+    /// batch-mean loss into `dlogits` and adds the loss sum and correct count to `stats`.
+    fn softmax_cross_entropy(
+        &self,
+        batch: usize,
+        classes: usize,
+        logits: &Self::Buf,
+        labels: &Self::Idx,
+        dlogits: &mut Self::Buf,
+        stats: &mut Self::StatsBuf,
+    );
+
+    /// One SGD-with-momentum update over the whole flat parameter buffer.
+    fn sgd_step(&self, step: SgdStep, params: &mut Self::Buf, grads: &Self::Buf, momentum: &mut Self::Buf);
+}

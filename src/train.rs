@@ -1,0 +1,157 @@
+//! The training loop: shuffled mini-batches, SGD steps, a test pass after every epoch.
+
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::backend::Backend;
+use crate::data::Split;
+use crate::model::Model;
+
+/// The optimization recipe; the defaults are the reference tutorial's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recipe {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub seed: u64,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe { epochs: 20, batch_size: 64, lr: 0.01, momentum: 0.5, seed: 0 }
+    }
+}
+
+/// Batches between two running-loss reports, as in the reference.
+pub const LOG_EVERY: usize = 300;
+/// Test-set batch: large enough to keep every core busy, small enough to stay in memory.
+pub const EVAL_BATCH: usize = 1000;
+
+/// Test loss and accuracy over a whole split.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub correct: u64,
+    pub total: usize,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub test: Evaluation,
+    /// Training time of the epoch, without the test pass.
+    pub seconds: f64,
+    pub images_per_s: f64,
+}
+
+/// What the loop tells its caller as it goes.
+pub enum Event<'a> {
+    /// Mean loss of the last [`LOG_EVERY`] batches, after batch `batch` (1-based).
+    RunningLoss { epoch: usize, batch: usize, loss: f64 },
+    Epoch(&'a EpochReport),
+}
+
+/// The order examples are visited in during `epoch` (0-based): a fresh permutation per epoch,
+/// drawn from its own stream of the seed so that any epoch can be reproduced alone.
+pub fn epoch_order(seed: u64, epoch: usize, len: usize) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch as u64 + 1);
+    let mut order: Vec<u32> = (0..len as u32).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
+/// A split resident on the backend, with the order it is visited in.
+pub struct DeviceSplit<B: Backend> {
+    pub data: B::Data,
+    pub len: usize,
+}
+
+impl<B: Backend> DeviceSplit<B> {
+    pub fn new(backend: &B, split: &Split) -> Self {
+        DeviceSplit { data: backend.upload_data(&split.images, &split.labels), len: split.len() }
+    }
+}
+
+/// Runs one epoch of SGD over `train` in the given order; returns the mean training loss.
+pub fn train_epoch<B: Backend>(
+    model: &mut Model<B>,
+    train: &DeviceSplit<B>,
+    order: &B::Idx,
+    recipe: &Recipe,
+    epoch: usize,
+    on_event: &mut dyn FnMut(Event),
+) -> f64 {
+    let mut epoch_stats = crate::backend::Stats::default();
+    let mut window = 0usize;
+    for (index, start) in (0..train.len).step_by(recipe.batch_size).enumerate() {
+        let batch = recipe.batch_size.min(train.len - start);
+        model.backend.gather(&train.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);
+        model.train_step(batch, recipe.lr, recipe.momentum);
+        window += batch;
+        if (index + 1) % LOG_EVERY == 0 {
+            let stats = model.take_stats();
+            on_event(Event::RunningLoss { epoch, batch: index + 1, loss: stats.loss_sum / window as f64 });
+            epoch_stats.loss_sum += stats.loss_sum;
+            window = 0;
+        }
+    }
+    epoch_stats.loss_sum += model.take_stats().loss_sum;
+    epoch_stats.loss_sum / train.len as f64
+}
+
+/// Loss and accuracy of the model's current parameters on `split`.
+pub fn evaluate<B: Backend>(model: &mut Model<B>, split: &DeviceSplit<B>, order: &B::Idx) -> Evaluation {
+    let started = Instant::now();
+    model.take_stats();
+    let batch_size = model.ws.capacity;
+    for start in (0..split.len).step_by(batch_size) {
+        let batch = batch_size.min(split.len - start);
+        model.backend.gather(&split.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);
+        model.eval_batch(batch);
+    }
+    let stats = model.take_stats();
+    Evaluation {
+        loss: stats.loss_sum / split.len as f64,
+        accuracy: 100.0 * stats.correct as f64 / split.len as f64,
+        correct: stats.correct,
+        total: split.len,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Trains for `recipe.epochs` epochs, evaluating on `test` after each; returns the reports.
+pub fn train<B: Backend>(
+    model: &mut Model<B>,
+    train: &DeviceSplit<B>,
+    test: &DeviceSplit<B>,
+    recipe: &Recipe,
+    on_event: &mut dyn FnMut(Event),
+) -> Vec<EpochReport> {
+    let test_order = model.backend.upload_idx(&(0..test.len as u32).collect::<Vec<_>>());
+    (0..recipe.epochs)
+        .map(|epoch| {
+            let order = model.backend.upload_idx(&epoch_order(recipe.seed, epoch, train.len));
+            let started = Instant::now();
+            let train_loss = train_epoch(model, train, &order, recipe, epoch + 1, on_event);
+            let seconds = started.elapsed().as_secs_f64();
+            let report = EpochReport {
+                epoch: epoch + 1,
+                train_loss,
+                test: evaluate(model, test, &test_order),
+                seconds,
+                images_per_s: train.len as f64 / seconds,
+            };
+            on_event(Event::Epoch(&report));
+            report
+        })
+        .collect()
+}

@@ -1,0 +1,198 @@
+//! Finite-difference checks of every op's backward and of the whole network's gradient.
+//!
+//! Each check compares a directional derivative: for a random direction `v`, the analytic
+//! `⟨∇L, v⟩` against `(L(p + εv) − L(p − εv)) / 2ε`, where `L = ⟨r, f(p)⟩` for a fixed random
+//! `r`. Ops that are linear in the checked argument make the difference exact up to rounding.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use resnet_mnist::backend::cpu::CpuBackend;
+use resnet_mnist::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape};
+use resnet_mnist::model::{Model, Net, CLASSES};
+
+mod common;
+use common::reference64;
+
+fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()
+}
+
+fn shifted(p: &[f32], v: &[f32], eps: f32) -> Vec<f32> {
+    p.iter().zip(v).map(|(p, v)| p + eps * v).collect()
+}
+
+/// Central difference of `loss` at `p` along `v`, against `analytic`.
+fn assert_directional(name: &str, p: &[f32], v: &[f32], analytic: f64, eps: f32, mut loss: impl FnMut(&[f32]) -> f64) {
+    let numeric = (loss(&shifted(p, v, eps)) - loss(&shifted(p, v, -eps))) / (2.0 * f64::from(eps));
+    let scale = analytic.abs().max(numeric.abs()).max(1e-3);
+    let rel = (analytic - numeric).abs() / scale;
+    assert!(rel < 2e-3, "{name}: analytic {analytic} vs numeric {numeric} (relative error {rel})");
+}
+
+fn backend() -> CpuBackend {
+    CpuBackend::new(2).expect("thread pool")
+}
+
+/// Odd sizes, padding and batch 1 included.
+fn conv_shapes() -> Vec<ConvShape> {
+    let conv =
+        |batch, c_in, c_out, height, width, kernel, pad| ConvShape { batch, c_in, c_out, height, width, kernel, pad };
+    vec![
+        conv(3, 1, 4, 9, 7, 5, 0),
+        conv(2, 3, 5, 6, 6, 3, 1),
+        conv(1, 4, 2, 5, 3, 3, 1),
+        conv(5, 2, 3, 4, 4, 3, 2),
+        conv(4, 16, 16, 12, 12, 3, 1),
+    ]
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences() {
+    let b = backend();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for s in conv_shapes() {
+        let slot = ParamSlot { offset: 3, weight_len: s.weight_len(), bias_len: s.c_out };
+        let (x, params) = (random(&mut rng, s.in_len()), random(&mut rng, slot.offset + slot.len()));
+        let r = random(&mut rng, s.out_len());
+        let loss = |x: &[f32], params: &[f32]| {
+            let mut y = b.zeros(s.out_len());
+            b.conv2d_forward(&s, &x.to_vec(), &params.to_vec(), slot, &mut y, false);
+            dot(&r, &y)
+        };
+
+        let mut dx = b.zeros(s.in_len());
+        b.conv2d_backward_data(&s, &r, &params, slot, &mut dx, false);
+        let v = random(&mut rng, x.len());
+        assert_directional(&format!("{s:?} dx"), &x, &v, dot(&dx, &v), 1e-2, |x| loss(x, &params));
+
+        let mut grads = b.zeros(params.len());
+        b.conv2d_backward_params(&s, &x, &r, &mut grads, slot);
+        let mut v = random(&mut rng, params.len());
+        v[..slot.offset].fill(0.0);
+        assert_directional(&format!("{s:?} dparams"), &params, &v, dot(&grads, &v), 1e-2, |p| loss(&x, p));
+    }
+}
+
+#[test]
+fn conv2d_backward_data_accumulates() {
+    let b = backend();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let s = conv_shapes()[1];
+    let slot = ParamSlot { offset: 0, weight_len: s.weight_len(), bias_len: s.c_out };
+    let (params, dy, base) =
+        (random(&mut rng, slot.len()), random(&mut rng, s.out_len()), random(&mut rng, s.in_len()));
+    let mut fresh = b.zeros(s.in_len());
+    b.conv2d_backward_data(&s, &dy, &params, slot, &mut fresh, false);
+    let mut acc = base.clone();
+    b.conv2d_backward_data(&s, &dy, &params, slot, &mut acc, true);
+    for ((a, f), x) in acc.iter().zip(&fresh).zip(&base) {
+        assert!((a - (f + x)).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    let b = backend();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for s in [LinearShape { batch: 3, inputs: 7, outputs: 5 }, LinearShape { batch: 1, inputs: 512, outputs: 10 }] {
+        let slot = ParamSlot { offset: 2, weight_len: s.inputs * s.outputs, bias_len: s.outputs };
+        let (x, params) = (random(&mut rng, s.batch * s.inputs), random(&mut rng, slot.offset + slot.len()));
+        let r = random(&mut rng, s.batch * s.outputs);
+        let loss = |x: &[f32], p: &[f32]| {
+            let mut y = b.zeros(s.batch * s.outputs);
+            b.linear_forward(&s, &x.to_vec(), &p.to_vec(), slot, &mut y);
+            dot(&r, &y)
+        };
+        let mut dx = b.zeros(x.len());
+        b.linear_backward_data(&s, &r, &params, slot, &mut dx);
+        let v = random(&mut rng, x.len());
+        assert_directional("linear dx", &x, &v, dot(&dx, &v), 1e-2, |x| loss(x, &params));
+        let mut grads = b.zeros(params.len());
+        b.linear_backward_params(&s, &x, &r, &mut grads, slot);
+        let mut v = random(&mut rng, params.len());
+        v[..slot.offset].fill(0.0);
+        assert_directional("linear dparams", &params, &v, dot(&grads, &v), 1e-2, |p| loss(&x, p));
+    }
+}
+
+#[test]
+fn maxpool_and_relu_gradients_match_finite_differences() {
+    let b = backend();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    // Odd sides: the last row and column are dropped, as PyTorch's floor mode does.
+    let s = PoolShape { batch: 2, channels: 3, height: 7, width: 5 };
+    let x = random(&mut rng, s.in_len());
+    let r = random(&mut rng, s.out_len());
+    let loss = |x: &[f32]| {
+        let (mut y, mut idx) = (b.zeros(s.out_len()), b.zeros_idx(s.out_len()));
+        b.maxpool_forward(&s, &x.to_vec(), &mut y, &mut idx);
+        let mut relu = b.zeros(s.out_len());
+        b.add_relu(&y, &vec![0.0; s.out_len()], &mut relu);
+        dot(&r, &relu)
+    };
+    let (mut y, mut idx) = (b.zeros(s.out_len()), b.zeros_idx(s.out_len()));
+    b.maxpool_forward(&s, &x, &mut y, &mut idx);
+    let mut relu = b.zeros(s.out_len());
+    b.add_relu(&y, &vec![0.0; s.out_len()], &mut relu);
+    let mut dy = r.clone();
+    b.relu_backward(&relu, &mut dy);
+    let mut dx = b.zeros(s.in_len());
+    b.maxpool_backward(&s, &dy, &idx, &mut dx);
+    // A tiny step keeps every window's winner and every sign, so the function is linear there.
+    let v = random(&mut rng, x.len());
+    assert_directional("maxpool+relu dx", &x, &v, dot(&dx, &v), 1e-4, loss);
+}
+
+#[test]
+fn softmax_cross_entropy_gradient_matches_finite_differences() {
+    let b = backend();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (batch, labels) = (4, vec![3u32, 0, 9, 9]);
+    let logits: Vec<f32> = random(&mut rng, batch * CLASSES).iter().map(|v| 4.0 * v).collect();
+    let loss = |z: &[f32]| {
+        let (mut dz, mut stats) = (b.zeros(z.len()), b.new_stats());
+        b.softmax_cross_entropy(batch, CLASSES, &z.to_vec(), &labels, &mut dz, &mut stats);
+        b.take_stats(&mut stats).loss_sum / batch as f64
+    };
+    let (mut dz, mut stats) = (b.zeros(logits.len()), b.new_stats());
+    b.softmax_cross_entropy(batch, CLASSES, &logits, &labels, &mut dz, &mut stats);
+    let v = random(&mut rng, logits.len());
+    assert_directional("softmax xent", &logits, &v, dot(&dz, &v), 1e-2, loss);
+}
+
+/// The whole network, tensor by tensor: the `f32` backward against central differences of
+/// an independent `f64` forward pass, along a random direction per parameter tensor.
+#[test]
+fn network_gradient_matches_finite_differences() {
+    let net = Net::new();
+    let batch = 3;
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let x = random(&mut rng, batch * 784);
+    let labels = vec![1u32, 7, 4];
+    let params = net.layout.init(11);
+    let mut model = Model::new(backend(), net.clone(), &params, batch);
+    model.ws.x[..x.len()].copy_from_slice(&x);
+    model.ws.labels[..batch].copy_from_slice(&labels);
+    model.eval_batch(batch);
+    let loss = model.take_stats().loss_sum / batch as f64;
+    model.net.backward(&model.backend, &model.state.values, &mut model.state.grads, &mut model.ws, batch);
+
+    let to64 = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+    let (p64, x64) = (to64(&params), to64(&x));
+    let reference = |p: &[f64]| reference64::mean_loss(&net.layout, p, &x64, &labels);
+    assert!((reference(&p64) - loss).abs() < 1e-5, "f32 loss {loss} vs f64 reference {}", reference(&p64));
+    let eps = 1e-6;
+    for t in &net.layout.tensors {
+        let mut v = vec![0.0; params.len()];
+        v[t.range()].copy_from_slice(&random(&mut rng, t.len()));
+        let shift = |sign: f64| p64.iter().zip(&v).map(|(p, &v)| p + sign * eps * f64::from(v)).collect::<Vec<_>>();
+        let numeric = (reference(&shift(1.0)) - reference(&shift(-1.0))) / (2.0 * eps);
+        let analytic = dot(&model.state.grads, &v);
+        let rel = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-4);
+        assert!(rel < 1e-3, "{}: analytic {analytic} vs numeric {numeric} (relative error {rel})", t.name);
+    }
+}
