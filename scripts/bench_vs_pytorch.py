@@ -1,0 +1,202 @@
+"""Side-by-side training/eval throughput of PyTorch (eager) and resnet-mnist.
+
+Both sides train the same residual CNN with the same recipe (batch 64,
+SGD lr 0.01 momentum 0.5, cross-entropy) on the full MNIST training set in a
+shuffled order, and time an inference pass over the 10k test images.
+
+    pip install torch safetensors numpy
+    cargo build --release
+    python3 scripts/bench_vs_pytorch.py [--threads 2] [--only torch|ours] [--device cuda]
+
+Reported rates are the median over --repeats timed runs. FLOP counts include
+only convolution and linear multiply-adds (2 FLOPs per MAC); a training step
+counts 3x the forward pass minus conv1's input gradient, which is never
+computed.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reference_model import Net, load_mnist, normalize
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BATCH = 64
+LR = 0.01
+MOMENTUM = 0.5
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mnist-dir", type=Path,
+                   default=Path(os.environ.get("MNIST_DIR", REPO_ROOT.parent / "shared/data/mnist")),
+                   help="directory with the MNIST *-idx?-ubyte.gz files (default: $MNIST_DIR or ../shared/data/mnist)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="CPU threads for both sides (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=300, help="timed training steps per run (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed PyTorch warm-up steps (default: %(default)s)")
+    p.add_argument("--eval-batch", type=int, default=1000, help="batch size of the eval pass (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default: %(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device for both sides (default: cpu)")
+    p.add_argument("--bin", type=Path, default=REPO_ROOT / "target/release/resnet-mnist",
+                   help="resnet-mnist binary (default: target/release/resnet-mnist)")
+    p.add_argument("--only", choices=["torch", "ours"], help="run only one side")
+    return p.parse_args()
+
+
+def layer_macs(model):
+    """Multiply-accumulates per image of every Conv2d/Linear layer, by module name."""
+    macs = {}
+
+    def hook(name):
+        def record(module, _inputs, output):
+            per_output = module.weight[0].numel()  # in_channels/groups * kh * kw, or in_features
+            macs[name] = output[0].numel() * per_output
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    for h in handles:
+        h.remove()
+    return macs
+
+
+def flops_per_image():
+    """(forward FLOPs, training-step FLOPs) per image."""
+    macs = layer_macs(Net())
+    forward = 2 * sum(macs.values())
+    return forward, 3 * forward - 2 * macs["conv1"]
+
+
+def load_split(mnist_dir, split, device):
+    images, labels = load_mnist(mnist_dir, split)
+    x = torch.from_numpy(normalize(images).copy()).to(device)
+    y = torch.from_numpy(labels.astype("int64")).to(device)
+    return x, y
+
+
+def shuffled_batches(n, device, seed=0):
+    """Endless index batches over a fresh permutation of range(n) each epoch; partial batches dropped."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(0, n - BATCH + 1, BATCH):
+            yield perm[i:i + BATCH]
+
+
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_rate(model, opt, x, y, order, steps, device):
+    """Run `steps` SGD steps and return training images/s."""
+    model.train()
+    synchronize(device)
+    start = time.perf_counter()
+    for idx in itertools.islice(order, steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    synchronize(device)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def eval_rate(model, x, eval_batch, device):
+    """Run inference over all of x and return images/s."""
+    model.eval()
+    synchronize(device)
+    start = time.perf_counter()
+    for i in range(0, len(x), eval_batch):
+        model(x[i:i + eval_batch])
+    synchronize(device)
+    return len(x) / (time.perf_counter() - start)
+
+
+def bench_torch(args):
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    x_train, y_train = load_split(args.mnist_dir, "train", args.device)
+    x_test, _ = load_split(args.mnist_dir, "t10k", args.device)
+    model = Net().to(args.device)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    order = shuffled_batches(len(x_train), args.device)
+
+    train_rate(model, opt, x_train, y_train, order, args.warmup, args.device)
+    eval_rate(model, x_test[:args.eval_batch], args.eval_batch, args.device)
+    train = [train_rate(model, opt, x_train, y_train, order, args.steps, args.device) for _ in range(args.repeats)]
+    evals = [eval_rate(model, x_test, args.eval_batch, args.device) for _ in range(args.repeats)]
+    return {"train_images_per_s": statistics.median(train), "eval_images_per_s": statistics.median(evals)}
+
+
+def bench_ours(args):
+    if not args.bin.exists():
+        raise SystemExit(f"{args.bin} not found: run `cargo build --release` first (or pass --bin)")
+    cmd = [str(args.bin), "bench", "--device", args.device, "--threads", str(args.threads),
+           "--steps", str(args.steps), "--eval-batch", str(args.eval_batch), "--repeats", str(args.repeats),
+           "--json", "--data-dir", str(args.mnist_dir)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {result.returncode}:\n{result.stderr}")
+    json_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not json_lines:
+        raise SystemExit(f"no JSON line in the output of {' '.join(cmd)}:\n{result.stdout}")
+    return json.loads(json_lines[-1])
+
+
+def machine_description(args):
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    parts = [cpu, f"{args.threads} threads", f"torch {torch.__version__}"]
+    if args.device == "cuda":
+        parts.append(torch.cuda.get_device_name())
+    return ", ".join(parts)
+
+
+def fmt(value, width, decimals):
+    return "-".rjust(width) if value is None else f"{value:{width}.{decimals}f}"
+
+
+def print_report(args, torch_res, ours_res):
+    fwd_flops, train_flops = flops_per_image()
+    print(f"machine: {machine_description(args)}")
+    print(f"device {args.device}, batch {BATCH}, {args.steps} train steps, eval batch {args.eval_batch}, "
+          f"median of {args.repeats}")
+    print(f"FLOPs/image: forward {fwd_flops / 1e6:.3f} M, training step {train_flops / 1e6:.3f} M")
+    print()
+    print(f"{'':6} {'PyTorch img/s':>14} {'ours img/s':>12} {'ours/torch':>10} "
+          f"{'PyTorch GFLOP/s':>16} {'ours GFLOP/s':>13}")
+    for phase, flops in (("train", train_flops), ("eval", fwd_flops)):
+        key = f"{phase}_images_per_s"
+        t = torch_res.get(key)
+        o = ours_res.get(key)
+        ratio = o / t if t and o else None
+        print(f"{phase:6} {fmt(t, 14, 1)} {fmt(o, 12, 1)} {fmt(ratio, 10, 2)} "
+              f"{fmt(t and t * flops / 1e9, 16, 2)} {fmt(o and o * flops / 1e9, 13, 2)}")
+
+
+def main():
+    args = parse_args()
+    torch_res = bench_torch(args) if args.only != "ours" else {}
+    ours_res = bench_ours(args) if args.only != "torch" else {}
+    print_report(args, torch_res, ours_res)
+
+
+if __name__ == "__main__":
+    main()
