@@ -1,0 +1,127 @@
+//! Command-line flags (clap derive). Values are checked here, so commands get sane numbers.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use resnet_mnist::data::DatasetKind;
+use resnet_mnist::train::{Recipe, EVAL_BATCH};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Train and benchmark a small residual CNN on MNIST", args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand, `train` runs with these flags.
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train with the reference recipe and report test accuracy after every epoch.
+    Train(TrainArgs),
+    /// Test accuracy and loss of freshly initialized weights.
+    Eval(EvalArgs),
+    /// Training and evaluation throughput on preloaded data.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// The GPU when this build has CUDA and a device answers, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Where the data comes from and what runs it: shared by every subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Directory with the four IDX files (plain or .gz) [default: $MNIST_DIR or
+    /// $FASHION_MNIST_DIR, else data/<dataset>]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DatasetKind::Mnist)]
+    pub dataset: DatasetKind,
+    /// Never download: a missing file is an error that says where to put it.
+    #[arg(long, env = "RESNET_MNIST_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub offline: bool,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// CPU threads (0 = one per core).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub threads: u16,
+    /// Seed of the weight initialization and of the shuffling.
+    #[arg(long, default_value_t = Recipe::default().seed)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[arg(long, default_value_t = Recipe::default().epochs as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub epochs: u32,
+    #[arg(long, default_value_t = Recipe::default().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch_size: u32,
+    /// Learning rate.
+    #[arg(long, default_value_t = Recipe::default().lr, value_parser = positive)]
+    pub lr: f32,
+    /// SGD momentum, in [0, 1).
+    #[arg(long, default_value_t = Recipe::default().momentum, value_parser = momentum)]
+    pub momentum: f32,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl TrainArgs {
+    pub fn recipe(&self) -> Recipe {
+        Recipe {
+            epochs: self.epochs as usize,
+            batch_size: self.batch_size as usize,
+            lr: self.lr,
+            momentum: self.momentum,
+            seed: self.common.seed,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Timed training steps per repeat.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub steps: u32,
+    #[arg(long, default_value_t = Recipe::default().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch_size: u32,
+    /// Batch size of the timed test-set pass.
+    #[arg(long, default_value_t = EVAL_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub eval_batch: u32,
+    /// Timed runs; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeats: u32,
+    /// One JSON line on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+fn positive(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err(format!("{s} is not a positive finite number")),
+        Err(e) => Err(format!("{s} is not a number: {e}")),
+    }
+}
+
+fn momentum(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{s} is outside [0, 1)")),
+        Err(e) => Err(format!("{s} is not a number: {e}")),
+    }
+}

@@ -1,0 +1,194 @@
+//! What each subcommand does, over whichever backend the flags pick.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use resnet_mnist::backend::cpu::CpuBackend;
+use resnet_mnist::backend::Backend;
+use resnet_mnist::data::{self, Dataset, LoadOptions};
+use resnet_mnist::model::{Model, Net};
+use resnet_mnist::train::{self, epoch_order, DeviceSplit, EpochReport, Event, Recipe, EVAL_BATCH, LOG_EVERY};
+
+use super::args::{BenchArgs, Cli, Command, CommonArgs, Device, EvalArgs, TrainArgs};
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command.unwrap_or(Command::Train(cli.train)) {
+        Command::Train(args) => train(&args),
+        Command::Eval(args) => eval(&args),
+        Command::Bench(args) => bench(&args),
+    }
+}
+
+fn backend(common: &CommonArgs) -> Result<CpuBackend> {
+    if common.device == Device::Cuda {
+        bail!(if cfg!(feature = "cuda") {
+            "--device cuda: the CUDA backend is not implemented in this version yet; use --device cpu"
+        } else {
+            "--device cuda: this binary was built without CUDA support; rebuild it with `cargo build --release --features cuda`, or use --device cpu"
+        });
+    }
+    if common.device == Device::Auto {
+        tracing::info!("device auto: using the CPU (this build has no CUDA backend)");
+    }
+    Ok(CpuBackend::new(usize::from(common.threads))?)
+}
+
+fn load_data(common: &CommonArgs) -> Result<Dataset> {
+    let dir = data::resolve_dir(common.data_dir.as_deref(), common.dataset);
+    let started = Instant::now();
+    let dataset = data::load(&LoadOptions { dir: dir.clone(), kind: common.dataset, offline: common.offline })
+        .with_context(|| format!("cannot load {} from {}", common.dataset, dir.display()))?;
+    tracing::info!(
+        "loaded {} from {}: {} train, {} test images in {:.2} s",
+        common.dataset,
+        dir.display(),
+        dataset.train.len(),
+        dataset.test.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(dataset)
+}
+
+fn fresh_model<B: Backend>(backend: B, seed: u64, capacity: usize) -> Model<B> {
+    let net = Net::new();
+    let params = net.layout.init(seed);
+    Model::new(backend, net, &params, capacity)
+}
+
+fn train(args: &TrainArgs) -> Result<()> {
+    let recipe = args.recipe();
+    let backend = backend(&args.common)?;
+    let dataset = load_data(&args.common)?;
+    let mut model = fresh_model(backend, recipe.seed, recipe.batch_size.max(EVAL_BATCH));
+    let (train_split, test_split) =
+        (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Training on {}: {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}",
+        model.backend.name(),
+        dataset.kind,
+        train_split.len,
+        test_split.len,
+        recipe.epochs,
+        recipe.batch_size,
+        recipe.lr,
+        recipe.momentum,
+        recipe.seed
+    )?;
+    let mut written = Ok(());
+    let reports = train::train(&mut model, &train_split, &test_split, &recipe, &mut |event| {
+        if written.is_ok() {
+            written = print_event(&mut out, &event);
+        }
+    });
+    written?;
+    print_summary(&mut out, &reports)?;
+    Ok(())
+}
+
+fn print_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
+    match event {
+        Event::RunningLoss { epoch, batch, loss } => writeln!(out, "[{epoch}, {batch:5}] loss: {loss:.3}"),
+        Event::Epoch(r) => writeln!(
+            out,
+            "Accuracy on test set: {:.2} %  (epoch {}: {:.2} s, {:.0} images/s; train loss {:.4}, test loss {:.4})",
+            r.test.accuracy, r.epoch, r.seconds, r.images_per_s, r.train_loss, r.test.loss
+        ),
+    }
+}
+
+fn print_summary(out: &mut impl Write, reports: &[EpochReport]) -> std::io::Result<()> {
+    let accuracies: Vec<String> = reports.iter().map(|r| format!("{:.2}", r.test.accuracy)).collect();
+    writeln!(out, "[{}]", accuracies.join(", "))?;
+    let best = reports.iter().max_by(|a, b| a.test.accuracy.total_cmp(&b.test.accuracy));
+    if let (Some(best), Some(last)) = (best, reports.last()) {
+        let seconds: f64 = reports.iter().map(|r| r.seconds).sum();
+        writeln!(
+            out,
+            "Best {:.2} % at epoch {}, last {:.2} %; {:.1} s of training, {:.0} images/s",
+            best.test.accuracy,
+            best.epoch,
+            last.test.accuracy,
+            seconds,
+            reports.iter().map(|r| r.images_per_s * r.seconds).sum::<f64>() / seconds
+        )?;
+    }
+    Ok(())
+}
+
+fn eval(args: &EvalArgs) -> Result<()> {
+    let backend = backend(&args.common)?;
+    let dataset = load_data(&args.common)?;
+    let mut model = fresh_model(backend, args.common.seed, EVAL_BATCH);
+    let test = DeviceSplit::new(&model.backend, &dataset.test);
+    let order = model.backend.upload_idx(&(0..test.len as u32).collect::<Vec<_>>());
+    let e = train::evaluate(&mut model, &test, &order);
+    writeln!(
+        std::io::stdout().lock(),
+        "Accuracy on test set: {:.2} % ({} / {}), test loss {:.4}  (fresh weights, seed {}; {} on {})",
+        e.accuracy,
+        e.correct,
+        e.total,
+        e.loss,
+        args.common.seed,
+        dataset.kind,
+        model.backend.name()
+    )?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let backend = backend(&args.common)?;
+    let threads = backend.threads();
+    let dataset = load_data(&args.common)?;
+    let (batch, eval_batch, steps) = (args.batch_size as usize, args.eval_batch as usize, args.steps as usize);
+    let mut model = fresh_model(backend, args.common.seed, batch.max(eval_batch));
+    let train_split = DeviceSplit::new(&model.backend, &dataset.train);
+    let test_split = DeviceSplit::new(&model.backend, &dataset.test);
+    let recipe = Recipe { batch_size: batch, ..Recipe::default() };
+
+    let mut time_steps = |repeat: usize, steps: usize| {
+        let order = epoch_order(args.common.seed, repeat, train_split.len);
+        let order = model.backend.upload_idx(&order);
+        let started = Instant::now();
+        for step in 0..steps {
+            let start = (step * batch) % (train_split.len - batch + 1);
+            model.backend.gather(&train_split.data, &order, start, batch, &mut model.ws.x, &mut model.ws.labels);
+            model.train_step(batch, recipe.lr, recipe.momentum);
+        }
+        model.take_stats();
+        (steps * batch) as f64 / started.elapsed().as_secs_f64()
+    };
+    time_steps(0, 20.min(steps));
+    let train_rate = median((0..args.repeats as usize).map(|r| time_steps(r + 1, steps)).collect());
+
+    let test_order = model.backend.upload_idx(&(0..test_split.len as u32).collect::<Vec<_>>());
+    model.ws.capacity = eval_batch;
+    let eval_rate = median(
+        (0..args.repeats as usize)
+            .map(|_| test_split.len as f64 / train::evaluate(&mut model, &test_split, &test_order).seconds)
+            .collect(),
+    );
+    let (train_gflops, eval_gflops) =
+        (train_rate * model.net.train_flops() as f64 / 1e9, eval_rate * 2.0 * model.net.forward_macs() as f64 / 1e9);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(
+            out,
+            "{{\"device\":\"{}\",\"threads\":{threads},\"batch\":{batch},\"eval_batch\":{eval_batch},\"steps\":{steps},\"train_images_per_s\":{train_rate:.1},\"eval_images_per_s\":{eval_rate:.1},\"train_gflops\":{train_gflops:.2},\"eval_gflops\":{eval_gflops:.2}}}",
+            model.backend.name()
+        )?;
+    } else {
+        writeln!(out, "{} — batch {batch}, {steps} steps × {} repeats (median)", model.backend.name(), args.repeats)?;
+        writeln!(out, "train: {train_rate:10.0} images/s  {train_gflops:7.1} GFLOP/s")?;
+        writeln!(out, "eval:  {eval_rate:10.0} images/s  {eval_gflops:7.1} GFLOP/s  (batch {eval_batch})")?;
+    }
+    Ok(())
+}

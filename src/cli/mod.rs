@@ -1,0 +1,4 @@
+//! The command-line front end: flags in `args`, what each subcommand does in `commands`.
+
+pub mod args;
+pub mod commands;
