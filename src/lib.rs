@@ -1,2 +1,5 @@
 //! resnet-mnist: a small residual CNN trained on MNIST with explicit per-layer forward and
 //! backward passes over a backend trait of ops (CPU now, CUDA behind the `cuda` feature).
+
+pub mod atomic;
+pub mod data;
