@@ -13,8 +13,7 @@ const LABEL_MAGIC: u32 = 0x0000_0801;
 
 /// Checks an IDX image file and returns its pixels: `count * 784` bytes, row-major 28x28.
 pub(crate) fn parse_images<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8], DataError> {
-    let [magic, count, rows, cols] = header(bytes, path)?;
-    check_magic(magic, IMAGE_MAGIC, "image", path)?;
+    let [_, count, rows, cols] = header(bytes, IMAGE_MAGIC, "image", path)?;
     let side = IMAGE_SIDE as u32;
     if (rows, cols) != (side, side) {
         let path = path.into();
@@ -25,8 +24,7 @@ pub(crate) fn parse_images<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8],
 
 /// Checks an IDX label file, including that every label names a class, and returns the labels.
 pub(crate) fn parse_labels<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8], DataError> {
-    let [magic, count] = header(bytes, path)?;
-    check_magic(magic, LABEL_MAGIC, "label", path)?;
+    let [_, count] = header(bytes, LABEL_MAGIC, "label", path)?;
     let labels = payload(bytes, 8, count, 1, "labels", path)?;
     match labels
         .iter()
@@ -41,14 +39,24 @@ pub(crate) fn parse_labels<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8],
     }
 }
 
-/// Reads the `N` big-endian u32 header fields.
-fn header<const N: usize>(bytes: &[u8], path: &Path) -> Result<[u32; N], DataError> {
+/// Reads the `N` big-endian u32 header fields, the first being the magic number.
+fn header<const N: usize>(
+    bytes: &[u8],
+    magic: u32,
+    what: &'static str,
+    path: &Path,
+) -> Result<[u32; N], DataError> {
     let header_len = 4 * N;
-    let head = bytes.get(..header_len).ok_or(DataError::HeaderTruncated {
+    let truncated = || DataError::HeaderTruncated {
         path: path.into(),
         len: bytes.len(),
         header_len,
-    })?;
+    };
+    // Checking the magic number first reports the wrong kind of IDX file as such, even when
+    // it is shorter than this kind's header.
+    let found = bytes.first_chunk::<4>().ok_or_else(truncated)?;
+    check_magic(u32::from_be_bytes(*found), magic, what, path)?;
+    let head = bytes.get(..header_len).ok_or_else(truncated)?;
     let mut fields = [0; N];
     for (field, chunk) in fields.iter_mut().zip(head.chunks_exact(4)) {
         *field = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -160,15 +168,20 @@ mod tests {
                 ..
             }
         ));
+        let err = parse_labels(&[], path()).unwrap_err();
         assert!(matches!(
-            parse_labels(&[], path()),
-            Err(DataError::HeaderTruncated { .. })
+            err,
+            DataError::HeaderTruncated {
+                len: 0,
+                header_len: 8,
+                ..
+            }
         ));
     }
 
     #[test]
     fn rejects_label_file_as_images_and_vice_versa() {
-        let err = parse_images(&labels(10, &[0; 10]), path()).unwrap_err();
+        let err = parse_images(&labels(0, &[]), path()).unwrap_err();
         assert!(matches!(
             err,
             DataError::WrongMagic {
