@@ -14,10 +14,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Atomically replaces `path` with whatever `write` produces, streaming through a buffer.
 ///
 /// If `write` fails, the temporary file is removed and `path` is left untouched.
-pub fn write_atomic_with(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
     // Same directory as the target, so the final rename never crosses filesystems.
     let dir = parent_dir(path);
     let mut tmp = temp_builder().tempfile_in(dir)?;

@@ -13,9 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats};
-
-pub const IMAGE_SIDE: usize = 28;
-pub const CLASSES: usize = 10;
+pub use crate::data::{CLASSES, IMAGE_SIDE};
 
 /// One named parameter tensor inside the flat buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -55,7 +55,11 @@ pub struct EpochReport {
 /// What the loop tells its caller as it goes.
 pub enum Event<'a> {
     /// Mean loss of the last [`LOG_EVERY`] batches, after batch `batch` (1-based).
-    RunningLoss { epoch: usize, batch: usize, loss: f64 },
+    RunningLoss {
+        epoch: usize,
+        batch: usize,
+        loss: f64,
+    },
     Epoch(&'a EpochReport),
 }
 

@@ -11,12 +11,13 @@ use std::sync::Mutex;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::data::IMAGE_PIXELS;
+
 use super::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats};
 
 /// Normalization of the reference's `transforms.Normalize((0.1307,), (0.3081,))`.
 pub const PIXEL_MEAN: f32 = 0.1307;
 pub const PIXEL_STD: f32 = 0.3081;
-const IMAGE_PIXELS: usize = 784;
 
 /// Floats of im2col columns a task aims for: small enough to stay in L2 with its outputs.
 const TASK_COLUMN_FLOATS: usize = 1 << 15;

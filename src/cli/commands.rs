@@ -8,7 +8,7 @@ use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::{self, Dataset, LoadOptions};
 use resnet_mnist::model::{Model, Net};
-use resnet_mnist::train::{self, epoch_order, DeviceSplit, EpochReport, Event, Recipe, EVAL_BATCH, LOG_EVERY};
+use resnet_mnist::train::{self, epoch_order, DeviceSplit, EpochReport, Event, Recipe, EVAL_BATCH};
 
 use super::args::{BenchArgs, Cli, Command, CommonArgs, Device, EvalArgs, TrainArgs};
 

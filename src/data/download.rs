@@ -8,12 +8,8 @@ use md5::{Digest, Md5};
 use super::{DataError, DatasetKind, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
 use crate::atomic::write_atomic;
 
-const MNIST_MIRRORS: &[&str] = &[
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-];
-const FASHION_MNIST_MIRRORS: &[&str] =
-    &["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"];
+const MNIST_MIRRORS: &[&str] = &["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"];
+const FASHION_MNIST_MIRRORS: &[&str] = &["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"];
 
 /// MD5 of each published `.gz` archive (torchvision's values), so a truncated or altered
 /// download is rejected before it is saved.
@@ -35,15 +31,8 @@ const FASHION_MNIST_ARCHIVES: [(&str, &str); 4] = [
 const MAX_ARCHIVE_BYTES: u64 = 64 << 20;
 
 /// Downloads the archives of the files named in `missing` into `dir` as `<name>.gz`.
-pub(super) fn download_missing(
-    kind: DatasetKind,
-    dir: &Path,
-    missing: &[&str],
-) -> Result<(), DataError> {
-    std::fs::create_dir_all(dir).map_err(|source| DataError::Write {
-        path: dir.into(),
-        source,
-    })?;
+pub(super) fn download_missing(kind: DatasetKind, dir: &Path, missing: &[&str]) -> Result<(), DataError> {
+    std::fs::create_dir_all(dir).map_err(|source| DataError::Write { path: dir.into(), source })?;
     let (mirrors, archives) = match kind {
         DatasetKind::Mnist => (MNIST_MIRRORS, MNIST_ARCHIVES),
         DatasetKind::FashionMnist => (FASHION_MNIST_MIRRORS, FASHION_MNIST_ARCHIVES),
@@ -58,10 +47,7 @@ pub(super) fn download_missing(
             attempts,
         })?;
         let path = dir.join(&file);
-        write_atomic(&path, &bytes).map_err(|source| DataError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        write_atomic(&path, &bytes).map_err(|source| DataError::Write { path: path.clone(), source })?;
         tracing::info!("saved {} ({} bytes)", path.display(), bytes.len());
     }
     Ok(())
@@ -76,12 +62,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// Tries each mirror in turn; on failure returns one `"url: reason"` line per mirror.
-fn fetch(
-    agent: &ureq::Agent,
-    mirrors: &[&str],
-    file: &str,
-    md5: &str,
-) -> Result<Vec<u8>, Vec<String>> {
+fn fetch(agent: &ureq::Agent, mirrors: &[&str], file: &str, md5: &str) -> Result<Vec<u8>, Vec<String>> {
     let mut failures = Vec::new();
     for mirror in mirrors {
         let url = format!("{mirror}{file}");
@@ -108,9 +89,6 @@ fn check_md5(bytes: Vec<u8>, expected: &str) -> Result<Vec<u8>, String> {
     if actual == expected {
         Ok(bytes)
     } else {
-        Err(format!(
-            "MD5 {actual} does not match the published {expected} ({} bytes received)",
-            bytes.len()
-        ))
+        Err(format!("MD5 {actual} does not match the published {expected} ({} bytes received)", bytes.len()))
     }
 }

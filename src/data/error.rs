@@ -27,22 +27,13 @@ pub enum DataError {
         "{}: truncated: {len} bytes is too short for the {header_len}-byte IDX header",
         path.display()
     )]
-    HeaderTruncated {
-        path: PathBuf,
-        len: usize,
-        header_len: usize,
-    },
+    HeaderTruncated { path: PathBuf, len: usize, header_len: usize },
 
     #[error(
         "{}: wrong magic number 0x{found:08x}, expected 0x{expected:08x} (an IDX {what} file)",
         path.display()
     )]
-    WrongMagic {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-        what: &'static str,
-    },
+    WrongMagic { path: PathBuf, found: u32, expected: u32, what: &'static str },
 
     #[error("{}: images are {rows}x{cols} pixels, expected 28x28", path.display())]
     WrongDimensions { path: PathBuf, rows: u32, cols: u32 },
@@ -51,52 +42,27 @@ pub enum DataError {
         "{}: truncated: header says {count} {items} ({expected} bytes) but the file has {actual} bytes",
         path.display()
     )]
-    Truncated {
-        path: PathBuf,
-        count: u32,
-        items: &'static str,
-        expected: u64,
-        actual: u64,
-    },
+    Truncated { path: PathBuf, count: u32, items: &'static str, expected: u64, actual: u64 },
 
     #[error(
         "{}: {} trailing bytes: header says {count} {items} ({expected} bytes) but the file has {actual} bytes",
         path.display(),
         actual - expected
     )]
-    TrailingBytes {
-        path: PathBuf,
-        count: u32,
-        items: &'static str,
-        expected: u64,
-        actual: u64,
-    },
+    TrailingBytes { path: PathBuf, count: u32, items: &'static str, expected: u64, actual: u64 },
 
     #[error("{}: label {label} at index {index} is out of range 0..=9", path.display())]
-    LabelOutOfRange {
-        path: PathBuf,
-        label: u8,
-        index: usize,
-    },
+    LabelOutOfRange { path: PathBuf, label: u8, index: usize },
 
     #[error(
         "{} has {n_images} images but {} has {n_labels} labels",
         images.display(),
         labels.display()
     )]
-    CountMismatch {
-        images: PathBuf,
-        labels: PathBuf,
-        n_images: usize,
-        n_labels: usize,
-    },
+    CountMismatch { images: PathBuf, labels: PathBuf, n_images: usize, n_labels: usize },
 
     #[error("{}", missing_files_message(*.kind, .dir, .missing))]
-    MissingFiles {
-        kind: DatasetKind,
-        dir: PathBuf,
-        missing: Vec<&'static str>,
-    },
+    MissingFiles { kind: DatasetKind, dir: PathBuf, missing: Vec<&'static str> },
 
     #[error("{}", download_failed_message(*.kind, .dir, .file, .attempts))]
     Download {
@@ -121,17 +87,8 @@ fn missing_files_message(kind: DatasetKind, dir: &Path, missing: &[&str]) -> Str
     )
 }
 
-fn download_failed_message(
-    kind: DatasetKind,
-    dir: &Path,
-    file: &str,
-    attempts: &[String],
-) -> String {
-    format!(
-        "could not download {file} for {kind}:\n  {}\n{}",
-        attempts.join("\n  "),
-        how_to_provide(kind, dir)
-    )
+fn download_failed_message(kind: DatasetKind, dir: &Path, file: &str, attempts: &[String]) -> String {
+    format!("could not download {file} for {kind}:\n  {}\n{}", attempts.join("\n  "), how_to_provide(kind, dir))
 }
 
 fn how_to_provide(kind: DatasetKind, dir: &Path) -> String {

@@ -26,32 +26,16 @@ pub(crate) fn parse_images<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8],
 pub(crate) fn parse_labels<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8], DataError> {
     let [_, count] = header(bytes, LABEL_MAGIC, "label", path)?;
     let labels = payload(bytes, 8, count, 1, "labels", path)?;
-    match labels
-        .iter()
-        .position(|&label| usize::from(label) >= CLASSES)
-    {
-        Some(index) => Err(DataError::LabelOutOfRange {
-            path: path.into(),
-            label: labels[index],
-            index,
-        }),
+    match labels.iter().position(|&label| usize::from(label) >= CLASSES) {
+        Some(index) => Err(DataError::LabelOutOfRange { path: path.into(), label: labels[index], index }),
         None => Ok(labels),
     }
 }
 
 /// Reads the `N` big-endian u32 header fields, the first being the magic number.
-fn header<const N: usize>(
-    bytes: &[u8],
-    magic: u32,
-    what: &'static str,
-    path: &Path,
-) -> Result<[u32; N], DataError> {
+fn header<const N: usize>(bytes: &[u8], magic: u32, what: &'static str, path: &Path) -> Result<[u32; N], DataError> {
     let header_len = 4 * N;
-    let truncated = || DataError::HeaderTruncated {
-        path: path.into(),
-        len: bytes.len(),
-        header_len,
-    };
+    let truncated = || DataError::HeaderTruncated { path: path.into(), len: bytes.len(), header_len };
     // Checking the magic number first reports the wrong kind of IDX file as such, even when
     // it is shorter than this kind's header.
     let found = bytes.first_chunk::<4>().ok_or_else(truncated)?;
@@ -64,22 +48,12 @@ fn header<const N: usize>(
     Ok(fields)
 }
 
-fn check_magic(
-    found: u32,
-    expected: u32,
-    what: &'static str,
-    path: &Path,
-) -> Result<(), DataError> {
+fn check_magic(found: u32, expected: u32, what: &'static str, path: &Path) -> Result<(), DataError> {
     if found == expected {
         return Ok(());
     }
     let path = path.into();
-    Err(DataError::WrongMagic {
-        path,
-        found,
-        expected,
-        what,
-    })
+    Err(DataError::WrongMagic { path, found, expected, what })
 }
 
 /// Returns the data after the header, which must hold exactly `count` items: a short file
@@ -97,22 +71,10 @@ fn payload<'a>(
     let actual = bytes.len() as u64;
     let path = path.into();
     if actual < expected {
-        return Err(DataError::Truncated {
-            path,
-            count,
-            items,
-            expected,
-            actual,
-        });
+        return Err(DataError::Truncated { path, count, items, expected, actual });
     }
     if actual > expected {
-        return Err(DataError::TrailingBytes {
-            path,
-            count,
-            items,
-            expected,
-            actual,
-        });
+        return Err(DataError::TrailingBytes { path, count, items, expected, actual });
     }
     Ok(&bytes[header_len..])
 }
@@ -151,114 +113,49 @@ mod tests {
 
     #[test]
     fn zero_items_is_valid() {
-        assert!(parse_images(&images(0, 28, 28, 0), path())
-            .unwrap()
-            .is_empty());
+        assert!(parse_images(&images(0, 28, 28, 0), path()).unwrap().is_empty());
         assert!(parse_labels(&labels(0, &[]), path()).unwrap().is_empty());
     }
 
     #[test]
     fn rejects_short_header() {
         let err = parse_images(&[0, 0, 8, 3, 0], path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::HeaderTruncated {
-                len: 5,
-                header_len: 16,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::HeaderTruncated { len: 5, header_len: 16, .. }));
         let err = parse_labels(&[], path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::HeaderTruncated {
-                len: 0,
-                header_len: 8,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::HeaderTruncated { len: 0, header_len: 8, .. }));
     }
 
     #[test]
     fn rejects_label_file_as_images_and_vice_versa() {
         let err = parse_images(&labels(0, &[]), path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::WrongMagic {
-                found: 0x801,
-                expected: 0x803,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::WrongMagic { found: 0x801, expected: 0x803, .. }));
         let err = parse_labels(&images(0, 28, 28, 0), path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::WrongMagic {
-                found: 0x803,
-                expected: 0x801,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::WrongMagic { found: 0x803, expected: 0x801, .. }));
     }
 
     #[test]
     fn rejects_wrong_dimensions() {
         let err = parse_images(&images(1, 32, 28, 32 * 28), path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::WrongDimensions {
-                rows: 32,
-                cols: 28,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::WrongDimensions { rows: 32, cols: 28, .. }));
     }
 
     #[test]
     fn rejects_wrong_length() {
         let err = parse_images(&images(2, 28, 28, IMAGE_PIXELS), path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::Truncated {
-                count: 2,
-                expected: 1584,
-                actual: 800,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::Truncated { count: 2, expected: 1584, actual: 800, .. }));
         let err = parse_labels(&labels(1, &[1, 2]), path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::TrailingBytes {
-                expected: 9,
-                actual: 10,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::TrailingBytes { expected: 9, actual: 10, .. }));
     }
 
     #[test]
     fn huge_count_does_not_overflow() {
         let err = parse_images(&images(u32::MAX, 28, 28, 0), path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::Truncated {
-                count: u32::MAX,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::Truncated { count: u32::MAX, .. }));
     }
 
     #[test]
     fn rejects_out_of_range_label() {
         let err = parse_labels(&labels(3, &[1, 10, 255]), path()).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::LabelOutOfRange {
-                label: 10,
-                index: 1,
-                ..
-            }
-        ));
+        assert!(matches!(err, DataError::LabelOutOfRange { label: 10, index: 1, .. }));
     }
 }

@@ -123,10 +123,7 @@ pub fn load(opts: &LoadOptions) -> Result<Dataset, DataError> {
 /// Paths of the four files, in `FILE_NAMES` order, after fetching any that are missing.
 fn locate_files(opts: &LoadOptions) -> Result<[PathBuf; 4], DataError> {
     let dir = &opts.dir;
-    let missing: Vec<&'static str> = FILE_NAMES
-        .into_iter()
-        .filter(|name| find(dir, name).is_none())
-        .collect();
+    let missing: Vec<&'static str> = FILE_NAMES.into_iter().filter(|name| find(dir, name).is_none()).collect();
     if !missing.is_empty() {
         if opts.offline {
             let (kind, dir) = (opts.kind, dir.clone());
@@ -142,16 +139,10 @@ fn locate_files(opts: &LoadOptions) -> Result<[PathBuf; 4], DataError> {
 fn find(dir: &Path, name: &str) -> Option<PathBuf> {
     let candidates = [dir.join(name), dir.join(format!("{name}.gz"))];
     // An error (e.g. permission denied) counts as present so that reading it reports why.
-    candidates
-        .into_iter()
-        .find(|path| path.try_exists().unwrap_or(true))
+    candidates.into_iter().find(|path| path.try_exists().unwrap_or(true))
 }
 
-fn load_split(
-    images_path: &Path,
-    labels_path: &Path,
-    kind: DatasetKind,
-) -> Result<Split, DataError> {
+fn load_split(images_path: &Path, labels_path: &Path, kind: DatasetKind) -> Result<Split, DataError> {
     let image_bytes = read_idx(images_path, kind)?;
     let label_bytes = read_idx(labels_path, kind)?;
     let images = idx::parse_images(&image_bytes, images_path)?;
@@ -165,10 +156,7 @@ fn load_split(
             n_labels: labels.len(),
         });
     }
-    Ok(Split {
-        images: images.to_vec(),
-        labels: labels.to_vec(),
-    })
+    Ok(Split { images: images.to_vec(), labels: labels.to_vec() })
 }
 
 /// Reads a file, decompressing it if it is gzip data, whatever its name says.
@@ -188,10 +176,7 @@ fn read_idx(path: &Path, kind: DatasetKind) -> Result<Vec<u8>, DataError> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
-    let read_error = |source| DataError::Read {
-        path: path.into(),
-        source,
-    };
+    let read_error = |source| DataError::Read { path: path.into(), source };
     // Reading a directory fails with an OS-specific message; say plainly what is wrong.
     if !fs::metadata(path).map_err(read_error)?.is_file() {
         return Err(DataError::NotAFile { path: path.into() });
@@ -203,10 +188,7 @@ fn gunzip(compressed: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
     let mut bytes = Vec::with_capacity(gzip_size_hint(compressed));
     MultiGzDecoder::new(compressed)
         .read_to_end(&mut bytes)
-        .map_err(|source| DataError::Gzip {
-            path: path.into(),
-            source,
-        })?;
+        .map_err(|source| DataError::Gzip { path: path.into(), source })?;
     Ok(bytes)
 }
 
@@ -225,10 +207,7 @@ fn gzip_size_hint(compressed: &[u8]) -> usize {
 fn warn_if_modified(bytes: &[u8], path: &Path) {
     let name = path.file_name().and_then(|n| n.to_str());
     let name = name.map(|n| n.strip_suffix(".gz").unwrap_or(n));
-    let Some(&(_, expected)) = MNIST_CONTENT_MD5
-        .iter()
-        .find(|(file, _)| Some(*file) == name)
-    else {
+    let Some(&(_, expected)) = MNIST_CONTENT_MD5.iter().find(|(file, _)| Some(*file) == name) else {
         return;
     };
     let actual = format!("{:x}", Md5::digest(bytes));
