@@ -1,1 +1,69 @@
-fn main() {}
+//! Criterion benchmarks: a training step at the reference batch, an eval batch, and each
+//! convolution's three products, with throughput in images/s or FLOP/s.
+//!
+//! `cargo bench` (CPU). Data are synthetic: the timing does not depend on pixel values.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use resnet_mnist::backend::cpu::CpuBackend;
+use resnet_mnist::backend::Backend;
+use resnet_mnist::data::IMAGE_PIXELS;
+use resnet_mnist::model::{Model, Net};
+use resnet_mnist::train::{Recipe, EVAL_BATCH};
+
+fn model(capacity: usize) -> Model<CpuBackend> {
+    let net = Net::new();
+    let params = net.layout.init(0);
+    let mut model = Model::new(CpuBackend::new(0).expect("thread pool"), net, &params, capacity);
+    let images: Vec<f32> = (0..capacity * IMAGE_PIXELS).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+    model.ws.x[..images.len()].copy_from_slice(&images);
+    model.ws.labels.iter_mut().enumerate().for_each(|(i, l)| *l = (i % 10) as u32);
+    model
+}
+
+fn step(c: &mut Criterion) {
+    let recipe = Recipe::default();
+    let mut group = c.benchmark_group("network");
+    let mut train = model(recipe.batch_size);
+    group.throughput(Throughput::Elements(recipe.batch_size as u64));
+    group.bench_function(BenchmarkId::new("train_step", recipe.batch_size), |b| {
+        b.iter(|| train.train_step(recipe.batch_size, recipe.lr, recipe.momentum))
+    });
+    let mut eval = model(EVAL_BATCH);
+    group.throughput(Throughput::Elements(EVAL_BATCH as u64));
+    group.bench_function(BenchmarkId::new("eval_batch", EVAL_BATCH), |b| {
+        b.iter(|| {
+            eval.eval_batch(EVAL_BATCH);
+            eval.take_stats()
+        })
+    });
+    group.finish();
+}
+
+/// Each convolution at batch 64; throughput is in FLOP (2 per multiply-add).
+fn convs(c: &mut Criterion) {
+    let net = Net::new();
+    let b = CpuBackend::new(0).expect("thread pool");
+    let params = b.upload(&net.layout.init(0));
+    let mut grads = b.zeros(net.layout.total);
+    let mut group = c.benchmark_group("conv_flops");
+    let layers = [("conv1", net.conv1), ("rblock1", net.rblock1.conv1), ("conv2", net.conv2), ("rblock2", net.rblock2.conv1)];
+    for (name, conv) in layers {
+        let s = conv.shape(Recipe::default().batch_size);
+        let x = b.upload(&vec![0.5; s.in_len()]);
+        let (mut y, mut dx) = (b.zeros(s.out_len()), b.zeros(s.in_len()));
+        group.throughput(Throughput::Elements(2 * s.macs() as u64));
+        group.bench_function(BenchmarkId::new("forward", name), |bench| {
+            bench.iter(|| b.conv2d_forward(&s, &x, &params, conv.slot, &mut y, true))
+        });
+        group.bench_function(BenchmarkId::new("backward_data", name), |bench| {
+            bench.iter(|| b.conv2d_backward_data(&s, &y, &params, conv.slot, &mut dx, false))
+        });
+        group.bench_function(BenchmarkId::new("backward_params", name), |bench| {
+            bench.iter(|| b.conv2d_backward_params(&s, &x, &y, &mut grads, conv.slot))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, step, convs);
+criterion_main!(benches);

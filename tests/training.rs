@@ -1,0 +1,82 @@
+//! End-to-end training: learning on real MNIST, determinism, and the batching of an epoch.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use resnet_mnist::backend::cpu::CpuBackend;
+use resnet_mnist::backend::Backend;
+use resnet_mnist::data::{self, DatasetKind, LoadOptions, Split, IMAGE_PIXELS};
+use resnet_mnist::model::{Model, Net};
+use resnet_mnist::train::{self, epoch_order, DeviceSplit, Event, Recipe, EVAL_BATCH};
+
+fn model(threads: usize, seed: u64, capacity: usize) -> Model<CpuBackend> {
+    let net = Net::new();
+    let params = net.layout.init(seed);
+    Model::new(CpuBackend::new(threads).expect("thread pool"), net, &params, capacity)
+}
+
+/// Random digits-shaped noise: enough to exercise every op without the real data set.
+fn synthetic(len: usize, seed: u64) -> Split {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Split {
+        images: (0..len * IMAGE_PIXELS).map(|_| rng.random()).collect(),
+        labels: (0..len).map(|_| rng.random_range(0..10)).collect(),
+    }
+}
+
+/// The running losses printed during one epoch.
+fn epoch_losses(model: &mut Model<CpuBackend>, split: &Split, recipe: &Recipe) -> (Vec<f64>, f64) {
+    let device = DeviceSplit::new(&model.backend, split);
+    let order = model.backend.upload_idx(&epoch_order(recipe.seed, 0, split.len()));
+    let mut losses = Vec::new();
+    let mean = train::train_epoch(model, &device, &order, recipe, 1, &mut |event| {
+        if let Event::RunningLoss { loss, .. } = event {
+            losses.push(loss);
+        }
+    });
+    (losses, mean)
+}
+
+#[test]
+fn same_seed_gives_identical_losses_whatever_the_thread_count() {
+    let split = synthetic(900, 3);
+    let recipe = Recipe { batch_size: 3, ..Recipe::default() };
+    let runs: Vec<_> = [2, 2, 1].into_iter().map(|threads| epoch_losses(&mut model(threads, 5, 3), &split, &recipe)).collect();
+    assert_eq!(runs[0].0.len(), 1, "one running-loss line per 300 batches");
+    assert_eq!(runs[0], runs[1], "two runs with the same seed and threads");
+    assert_eq!(runs[0], runs[2], "one thread against two");
+}
+
+#[test]
+fn an_epoch_keeps_the_short_last_batch() {
+    let split = synthetic(100, 4);
+    let mut model = model(2, 0, 64);
+    epoch_losses(&mut model, &split, &Recipe::default());
+    assert_eq!(model.state.steps, 2, "100 examples in batches of 64 are two steps");
+}
+
+#[test]
+fn epoch_orders_are_permutations_that_change_every_epoch() {
+    let (a, b) = (epoch_order(7, 0, 1000), epoch_order(7, 1, 1000));
+    assert_ne!(a, b);
+    assert_eq!(a, epoch_order(7, 0, 1000));
+    let mut sorted = a.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..1000).collect::<Vec<u32>>());
+}
+
+#[test]
+fn one_epoch_on_mnist_reaches_97_percent() {
+    let Some(dir) = std::env::var_os(DatasetKind::Mnist.env_var()) else {
+        eprintln!("note: MNIST_DIR is not set; skipping the real-data training test");
+        return;
+    };
+    let dataset = data::load(&LoadOptions { dir: dir.into(), kind: DatasetKind::Mnist, offline: true }).expect("MNIST");
+    let recipe = Recipe { epochs: 1, ..Recipe::default() };
+    let mut model = model(0, recipe.seed, EVAL_BATCH);
+    let (train_split, test_split) =
+        (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
+    let reports = train::train(&mut model, &train_split, &test_split, &recipe, &mut |_| {});
+    let accuracy = reports[0].test.accuracy;
+    eprintln!("one epoch: {accuracy:.2} % test accuracy, {:.0} images/s", reports[0].images_per_s);
+    assert!(accuracy >= 97.0, "test accuracy after one epoch is {accuracy:.2} %");
+}
