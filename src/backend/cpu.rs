@@ -191,13 +191,27 @@ fn for_each_patch_row(s: &ConvShape, images: usize, mut visit: impl FnMut(usize,
 
 /// Lays the patches of `images` images out as columns: `col[k][img·HW + p]`.
 fn im2col(s: &ConvShape, x: &[f32], images: usize, col: &mut [f32]) {
-    let wo = s.w_out();
+    if s.pad > 0 {
+        // One long fill beats many short ones around each row's valid span.
+        col.fill(0.0);
+    }
     for_each_patch_row(s, images, |at, valid, input| {
-        let row = &mut col[at..at + wo];
-        row[..valid.start].fill(0.0);
-        row[valid.end.max(valid.start)..].fill(0.0);
-        row[valid.clone()].copy_from_slice(&x[input..input + valid.len()]);
+        copy_short(&mut col[at + valid.start..at + valid.end], &x[input..input + valid.len()]);
     });
+}
+
+/// Copies a row of a few dozen floats at most: inline vector moves, where `copy_from_slice`
+/// would call `memmove` once per row and cost more than the copy.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; 8] = s.try_into().expect("chunks of 8");
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
 }
 
 /// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it came from.
