@@ -63,10 +63,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = Recipe::default().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch_size: u32,
     /// Learning rate.
-    #[arg(long, default_value_t = Recipe::default().lr, value_parser = positive)]
+    #[arg(long, default_value_t = Recipe::default().lr, value_parser = positive, allow_negative_numbers = true)]
     pub lr: f32,
     /// SGD momentum, in [0, 1).
-    #[arg(long, default_value_t = Recipe::default().momentum, value_parser = momentum)]
+    #[arg(long, default_value_t = Recipe::default().momentum, value_parser = momentum, allow_negative_numbers = true)]
     pub momentum: f32,
     #[command(flatten)]
     pub common: CommonArgs,
