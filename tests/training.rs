@@ -40,7 +40,8 @@ fn epoch_losses(model: &mut Model<CpuBackend>, split: &Split, recipe: &Recipe) -
 fn same_seed_gives_identical_losses_whatever_the_thread_count() {
     let split = synthetic(900, 3);
     let recipe = Recipe { batch_size: 3, ..Recipe::default() };
-    let runs: Vec<_> = [2, 2, 1].into_iter().map(|threads| epoch_losses(&mut model(threads, 5, 3), &split, &recipe)).collect();
+    let runs: Vec<_> =
+        [2, 2, 1].into_iter().map(|threads| epoch_losses(&mut model(threads, 5, 3), &split, &recipe)).collect();
     assert_eq!(runs[0].0.len(), 1, "one running-loss line per 300 batches");
     assert_eq!(runs[0], runs[1], "two runs with the same seed and threads");
     assert_eq!(runs[0], runs[2], "one thread against two");
