@@ -27,19 +27,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_model import Net, load_mnist, normalize
+from reference_model import LR, MOMENTUM, REPO_ROOT, Net, add_mnist_dir_argument, load_mnist, normalize
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BATCH = 64
-LR = 0.01
-MOMENTUM = 0.5
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mnist-dir", type=Path,
-                   default=Path(os.environ.get("MNIST_DIR", REPO_ROOT.parent / "shared/data/mnist")),
-                   help="directory with the MNIST *-idx?-ubyte.gz files (default: $MNIST_DIR or ../shared/data/mnist)")
+    add_mnist_dir_argument(p)
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="CPU threads for both sides (default: %(default)s)")
     p.add_argument("--steps", type=int, default=300, help="timed training steps per run (default: %(default)s)")

@@ -9,27 +9,21 @@ algorithms. See tests/fixtures/README.md for the keys it writes.
 """
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from reference_model import Net, load_mnist, normalize
+from reference_model import LR, MOMENTUM, REPO_ROOT, Net, add_mnist_dir_argument, load_mnist, normalize
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BATCH = 8
-LR = 0.01
-MOMENTUM = 0.5
 SEED = 0
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mnist-dir", type=Path,
-                   default=Path(os.environ.get("MNIST_DIR", REPO_ROOT.parent / "shared/data/mnist")),
-                   help="directory with the MNIST *-idx?-ubyte.gz files (default: $MNIST_DIR or ../shared/data/mnist)")
+    add_mnist_dir_argument(p)
     p.add_argument("--out", type=Path, default=REPO_ROOT / "tests/fixtures/reference.safetensors",
                    help="output safetensors file (default: %(default)s)")
     return p.parse_args()

@@ -5,7 +5,9 @@ reimplements exactly this network and training recipe. Shared by
 make_reference.py and bench_vs_pytorch.py.
 """
 
+import argparse
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -16,6 +18,10 @@ import torch.nn.functional as F
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 IDX_UBYTE = 0x08
+# The reference recipe's optimizer settings.
+LR = 0.01
+MOMENTUM = 0.5
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ResidualBlock(nn.Module):
@@ -78,3 +84,10 @@ def normalize(images):
     x = images.astype(np.float32) / np.float32(255)
     x = (x - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD)
     return x[:, None, :, :]
+
+
+def add_mnist_dir_argument(parser: argparse.ArgumentParser):
+    """The --mnist-dir flag both scripts take, defaulting like the Rust tests do."""
+    parser.add_argument("--mnist-dir", type=Path,
+                        default=Path(os.environ.get("MNIST_DIR", REPO_ROOT.parent / "shared/data/mnist")),
+                        help="directory with the MNIST *-idx?-ubyte.gz files (default: $MNIST_DIR or ../shared/data/mnist)")
