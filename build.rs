@@ -120,7 +120,8 @@ mod cuda {
     }
 
     fn kernels_rs(units: &[Unit], arch: &str) -> String {
-        let mut rs = format!("/// The virtual architecture of the embedded PTX.\npub const PTX_ARCH: &str = {arch:?};\n");
+        let mut rs =
+            format!("/// The virtual architecture of the embedded PTX.\npub const PTX_ARCH: &str = {arch:?};\n");
         rs += "/// Every kernel file: its PTX, its source with headers inlined, and its kernels.\n";
         rs += "pub const MODULES: &[KernelModule] = &[\n";
         for u in units {

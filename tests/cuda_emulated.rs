@@ -87,7 +87,10 @@ fn conv2d_backward_params_splits_long_reductions() {
 fn maxpool_and_elementwise_match_cpu() {
     let (c, g) = (cpu(), emulated(false));
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for s in [PoolShape { batch: 1, channels: 3, height: 5, width: 7 }, PoolShape { batch: 2, channels: 2, height: 4, width: 4 }] {
+    for s in [
+        PoolShape { batch: 1, channels: 3, height: 5, width: 7 },
+        PoolShape { batch: 2, channels: 2, height: 4, width: 4 },
+    ] {
         let x = random(&mut rng, s.in_len());
         let (mut y, mut idx) = (vec![0.0; s.out_len()], vec![0; s.out_len()]);
         let (mut gy, mut gidx) = (g.zeros(s.out_len()), g.zeros_idx(s.out_len()));
@@ -128,7 +131,9 @@ fn maxpool_and_elementwise_match_cpu() {
 fn linear_and_loss_match_cpu() {
     let (c, g) = (cpu(), emulated(false));
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    for s in [LinearShape { batch: 1, inputs: 7, outputs: CLASSES }, LinearShape { batch: 37, inputs: 33, outputs: CLASSES }] {
+    for s in
+        [LinearShape { batch: 1, inputs: 7, outputs: CLASSES }, LinearShape { batch: 37, inputs: 33, outputs: CLASSES }]
+    {
         let slot = ParamSlot { offset: 2, weight_len: s.inputs * s.outputs, bias_len: s.outputs };
         let params = random(&mut rng, slot.offset + slot.len());
         let (x, dy) = (random(&mut rng, s.batch * s.inputs), random(&mut rng, s.batch * s.outputs));
@@ -144,7 +149,11 @@ fn linear_and_loss_match_cpu() {
         let (mut grads, mut ggrads) = (vec![0.0; params.len()], g.zeros(params.len()));
         c.linear_backward_params(&s, &x, &dy, &mut grads, slot);
         g.linear_backward_params(&s, &gx, &gdy, &mut ggrads, slot);
-        assert_close(&format!("{s:?} linear backward params"), &g.download(&ggrads)[slot.offset..], &grads[slot.offset..]);
+        assert_close(
+            &format!("{s:?} linear backward params"),
+            &g.download(&ggrads)[slot.offset..],
+            &grads[slot.offset..],
+        );
 
         // Scaled logits so that some rows are classified correctly and some not.
         let logits: Vec<f32> = y.iter().map(|v| 3.0 * v).collect();
@@ -153,7 +162,14 @@ fn linear_and_loss_match_cpu() {
         let (mut dz, mut gdz) = (vec![0.0; logits.len()], g.zeros(logits.len()));
         for _ in 0..2 {
             c.softmax_cross_entropy(s.batch, CLASSES, &logits, &labels, &mut dz, &mut stats);
-            g.softmax_cross_entropy(s.batch, CLASSES, &g.upload(&logits), &g.upload_idx(&labels), &mut gdz, &mut gstats);
+            g.softmax_cross_entropy(
+                s.batch,
+                CLASSES,
+                &g.upload(&logits),
+                &g.upload_idx(&labels),
+                &mut gdz,
+                &mut gstats,
+            );
         }
         assert_close(&format!("{s:?} softmax gradient"), &g.download(&gdz), &dz);
         let (ours, theirs) = (g.take_stats(&mut gstats), c.take_stats(&mut stats));

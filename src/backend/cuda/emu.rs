@@ -83,9 +83,8 @@ fn run_launch(l: &Launch) -> Result<(), CudaError> {
     let mut pointers: Vec<*mut c_void> = slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
     // SAFETY: the emulator reads each argument through `pointers` as the kernel's parameter
     // type; the backend builds argument lists that match the kernels' signatures.
-    let status = unsafe {
-        emu_launch(name.as_ptr(), l.grid.as_ptr(), l.block.as_ptr(), l.shared_bytes, pointers.as_mut_ptr())
-    };
+    let status =
+        unsafe { emu_launch(name.as_ptr(), l.grid.as_ptr(), l.block.as_ptr(), l.shared_bytes, pointers.as_mut_ptr()) };
     match status {
         0 => Ok(()),
         _ => Err(CudaError::UnknownKernel(l.kernel.to_string())),

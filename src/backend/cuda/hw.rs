@@ -37,7 +37,10 @@ pub struct CudarcDevice {
 fn check_libraries() -> Result<(), CudaError> {
     // SAFETY: these only try to open the shared libraries.
     let present = unsafe {
-        [("libcuda (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()), ("libcublas", cudarc::cublas::sys::is_culib_present())]
+        [
+            ("libcuda (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()),
+            ("libcublas", cudarc::cublas::sys::is_culib_present()),
+        ]
     };
     match present.iter().find(|(_, found)| !found) {
         Some((name, _)) => Err(CudaError::MissingLibrary(name)),

@@ -163,7 +163,7 @@ impl<D: Device> CudaBackend<D> {
     /// The split-K partials buffer, grown to at least `len` floats; returns its address.
     fn partials(&self, len: usize) -> Arg {
         let mut partials = self.partials.borrow_mut();
-        if partials.as_ref().is_none_or(|p| p.len < len) {
+        if !partials.as_ref().is_some_and(|p| p.len >= len) {
             *partials = Some(self.alloc(len));
         }
         partials.as_ref().map(DevBuf::ptr).expect("allocated above")
@@ -330,8 +330,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn maxpool_backward(&self, s: &PoolShape, dy: &Self::Buf, argmax: &Self::Idx, dx: &mut Self::Buf) {
-        let args =
-            vec![dy.ptr(), argmax.ptr(), dx.ptr(), uint(s.batch * s.channels), uint(s.height), uint(s.width)];
+        let args = vec![dy.ptr(), argmax.ptr(), dx.ptr(), uint(s.batch * s.channels), uint(s.height), uint(s.width)];
         self.launch_elementwise("maxpool_backward", s.in_len(), args);
     }
 
@@ -420,15 +419,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         dlogits: &mut Self::Buf,
         stats: &mut Self::StatsBuf,
     ) {
-        let args = vec![
-            logits.ptr(),
-            labels.ptr(),
-            dlogits.ptr(),
-            uint(batch),
-            uint(classes),
-            stats.at(0),
-            stats.at(1),
-        ];
+        let args =
+            vec![logits.ptr(), labels.ptr(), dlogits.ptr(), uint(batch), uint(classes), stats.at(0), stats.at(1)];
         self.launch("softmax_xent", [blocks(batch, THREADS as usize), 1, 1], THREADS, 0, args);
     }
 
