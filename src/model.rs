@@ -12,7 +12,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats};
+use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats, StepKey};
 pub use crate::data::{CLASSES, IMAGE_SIDE};
 
 /// One named parameter tensor inside the flat buffer.
@@ -382,11 +382,13 @@ impl<B: Backend> Model<B> {
 
     /// One SGD step on the batch already gathered into the workspace.
     pub fn train_step(&mut self, batch: usize, lr: f32, momentum: f32) {
-        let b = &self.backend;
-        self.net.forward(b, &self.state.values, &mut self.ws, batch, &mut self.stats);
-        self.net.backward(b, &self.state.values, &mut self.state.grads, &mut self.ws, batch);
         let step = SgdStep { lr, momentum, first: self.state.steps == 0 };
-        b.sgd_step(step, &mut self.state.values, &self.state.grads, &mut self.state.momentum);
+        let Model { backend: b, net, state, ws, stats } = self;
+        b.run_step(StepKey::new(batch, step), &mut || {
+            net.forward(b, &state.values, ws, batch, stats);
+            net.backward(b, &state.values, &mut state.grads, ws, batch);
+            b.sgd_step(step, &mut state.values, &state.grads, &mut state.momentum);
+        });
         self.state.steps += 1;
     }
 

@@ -5,6 +5,8 @@
 //! a layer finds its weight and bias there through a [`ParamSlot`].
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// Where one layer's parameters sit in the flat parameter buffer: the weight, then the bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +122,23 @@ pub struct SgdStep {
     pub lr: f32,
     pub momentum: f32,
     pub first: bool,
+}
+
+/// What identifies a training step's sequence of ops to a backend that records and replays
+/// it: the batch size and the SGD step. Everything else that changes between steps (the
+/// batch itself, parameters, stats) lives in buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StepKey {
+    batch: usize,
+    lr_bits: u32,
+    momentum_bits: u32,
+    first: bool,
+}
+
+impl StepKey {
+    pub fn new(batch: usize, step: SgdStep) -> Self {
+        StepKey { batch, lr_bits: step.lr.to_bits(), momentum_bits: step.momentum.to_bits(), first: step.first }
+    }
 }
 
 /// Running sums a backend accumulates on its own side of the bus, read when printed.
@@ -238,4 +257,12 @@ pub trait Backend {
 
     /// One SGD-with-momentum update over the whole flat parameter buffer.
     fn sgd_step(&self, step: SgdStep, params: &mut Self::Buf, grads: &Self::Buf, momentum: &mut Self::Buf);
+
+    /// Runs `step`, the ops of one training step (forward, backward, update). A backend may
+    /// record them the first times a `key` is seen and later replay the recording instead of
+    /// calling `step` (the CUDA backend captures a CUDA graph).
+    fn run_step(&self, key: StepKey, step: &mut dyn FnMut()) {
+        let _ = key;
+        step();
+    }
 }

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use resnet_mnist::backend::cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+use resnet_mnist::backend::cuda::{hw::CudarcDevice, CudaBackend};
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::{self, Dataset, LoadOptions};
 use resnet_mnist::model::{Model, Net};
@@ -14,24 +16,49 @@ use super::args::{BenchArgs, Cli, Command, CommonArgs, Device, EvalArgs, TrainAr
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Train(cli.train)) {
-        Command::Train(args) => train(&args),
-        Command::Eval(args) => eval(&args),
-        Command::Bench(args) => bench(&args),
+        Command::Train(args) => on_device(&args.common, &args),
+        Command::Eval(args) => on_device(&args.common, &args),
+        Command::Bench(args) => on_device(&args.common, &args),
     }
 }
 
-fn backend(common: &CommonArgs) -> Result<CpuBackend> {
-    if common.device == Device::Cuda {
-        bail!(if cfg!(feature = "cuda") {
-            "--device cuda: the CUDA backend is not implemented in this version yet; use --device cpu"
-        } else {
-            "--device cuda: this binary was built without CUDA support; rebuild it with `cargo build --release --features cuda`, or use --device cpu"
-        });
-    }
-    if common.device == Device::Auto {
-        tracing::info!("device auto: using the CPU (this build has no CUDA backend)");
-    }
+/// A subcommand, written once over whichever backend `--device` picks.
+trait OnBackend {
+    fn run<B: Backend>(&self, backend: B) -> Result<()>;
+}
+
+fn cpu(common: &CommonArgs) -> Result<CpuBackend> {
     Ok(CpuBackend::new(usize::from(common.threads))?)
+}
+
+/// Runs `command` on the GPU for `--device cuda`, on the CPU for `--device cpu`, and for
+/// `--device auto` on the GPU when one answers, else on the CPU with one line saying why.
+fn on_device(common: &CommonArgs, command: &impl OnBackend) -> Result<()> {
+    if common.device == Device::Cpu {
+        return command.run(cpu(common)?);
+    }
+    let why = match gpu() {
+        #[cfg(feature = "cuda")]
+        Ok(gpu) => return command.run(gpu),
+        #[cfg(not(feature = "cuda"))]
+        Ok(never) => match never {},
+        Err(why) => why,
+    };
+    if common.device == Device::Cuda {
+        bail!("--device cuda: {why}");
+    }
+    tracing::info!("device auto: using the CPU ({why})");
+    command.run(cpu(common)?)
+}
+
+#[cfg(feature = "cuda")]
+fn gpu() -> Result<CudaBackend<CudarcDevice>, String> {
+    CudarcDevice::new(0).map(|device| CudaBackend::new(device, true)).map_err(|e| format!("no usable GPU: {e}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu() -> Result<std::convert::Infallible, String> {
+    Err("this binary was built without CUDA support; rebuild it with `cargo build --release --features cuda`".into())
 }
 
 fn load_data(common: &CommonArgs) -> Result<Dataset> {
@@ -56,9 +83,26 @@ fn fresh_model<B: Backend>(backend: B, seed: u64, capacity: usize) -> Model<B> {
     Model::new(backend, net, &params, capacity)
 }
 
-fn train(args: &TrainArgs) -> Result<()> {
+impl OnBackend for TrainArgs {
+    fn run<B: Backend>(&self, backend: B) -> Result<()> {
+        train(self, backend)
+    }
+}
+
+impl OnBackend for EvalArgs {
+    fn run<B: Backend>(&self, backend: B) -> Result<()> {
+        eval(self, backend)
+    }
+}
+
+impl OnBackend for BenchArgs {
+    fn run<B: Backend>(&self, backend: B) -> Result<()> {
+        bench(self, backend)
+    }
+}
+
+fn train<B: Backend>(args: &TrainArgs, backend: B) -> Result<()> {
     let recipe = args.recipe();
-    let backend = backend(&args.common)?;
     let dataset = load_data(&args.common)?;
     let mut model = fresh_model(backend, recipe.seed, recipe.batch_size.max(EVAL_BATCH));
     let (train_split, test_split) =
@@ -118,8 +162,7 @@ fn print_summary(out: &mut impl Write, reports: &[EpochReport]) -> std::io::Resu
     Ok(())
 }
 
-fn eval(args: &EvalArgs) -> Result<()> {
-    let backend = backend(&args.common)?;
+fn eval<B: Backend>(args: &EvalArgs, backend: B) -> Result<()> {
     let dataset = load_data(&args.common)?;
     let mut model = fresh_model(backend, args.common.seed, EVAL_BATCH);
     let test = DeviceSplit::new(&model.backend, &dataset.test);
@@ -144,9 +187,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(args: &BenchArgs) -> Result<()> {
-    let backend = backend(&args.common)?;
-    let threads = backend.threads();
+fn bench<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
+    let threads = match args.common.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => usize::from(n),
+    };
     let dataset = load_data(&args.common)?;
     let (batch, eval_batch, steps) = (args.batch_size as usize, args.eval_batch as usize, args.steps as usize);
     let mut model = fresh_model(backend, args.common.seed, batch.max(eval_batch));

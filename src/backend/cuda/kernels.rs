@@ -1,0 +1,12 @@
+//! The kernels of `kernels/*.cu`, compiled to PTX by build.rs.
+
+/// One kernel file as embedded in the binary.
+pub struct KernelModule {
+    pub file: &'static str,
+    pub ptx: &'static str,
+    /// The source with its headers inlined, for recompiling at run time.
+    pub source: &'static str,
+    pub kernels: &'static [&'static str],
+}
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
