@@ -29,7 +29,7 @@ mod cuda {
         let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
         let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
         println!("cargo:rerun-if-changed=kernels");
-        println!("cargo:rerun-if-changed=emu");
+        println!("cargo:rerun-if-changed=kernels/emu");
         println!("cargo:rerun-if-env-changed={ARCH_VAR}");
         let arch: &'static str = match std::env::var(ARCH_VAR) {
             Ok(arch) => Box::leak(arch.into_boxed_str()),
@@ -139,7 +139,7 @@ mod cuda {
     /// Compiles the emulator runtime and one translation unit holding every kernel file and
     /// the table the launcher looks kernels up in.
     fn build_emulator(root: &Path, out: &Path, units: &[Unit]) {
-        let mut cpp = format!("#include \"{}\"\n", root.join("emu/cuda_emu.h").display());
+        let mut cpp = format!("#include \"{}\"\n", root.join("kernels/emu/cuda_emu.h").display());
         for u in units {
             writeln!(cpp, "#include \"{}\"", root.join("kernels").join(format!("{}.cu", u.stem)).display()).unwrap();
         }
@@ -161,7 +161,7 @@ mod cuda {
             .std("c++17")
             .opt_level(2)
             .warnings(false)
-            .file(root.join("emu/emu.cpp"))
+            .file(root.join("kernels/emu/emu.cpp"))
             .file(&table)
             .compile("cuda_emu");
     }

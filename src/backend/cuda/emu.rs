@@ -1,4 +1,4 @@
-//! The device interface over host memory and the host emulator of `emu/`: kernels from
+//! The device interface over host memory and the host emulator of `kernels/emu/`: kernels from
 //! `kernels/*.cu` run as fibers on the CPU, sgemm is a plain loop. Device addresses are host
 //! addresses, so the backend's pointer arithmetic is exercised unchanged.
 
