@@ -41,7 +41,8 @@ pub enum CheckpointError {
     Metadata { path: PathBuf, key: String, problem: String },
 }
 
-/// A parameter buffer in [`Layout`] order with the file's string metadata.
+/// Flat buffers in [`Layout`] order (one, or one per prefix back to back) with the file's
+/// string metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
     pub params: Vec<f32>,
@@ -103,37 +104,37 @@ pub fn save_params(
 
 /// Reads a model checkpoint strictly: every tensor of `layout`, F32 with its shape, nothing else.
 pub fn load_params(path: &Path, layout: &Layout) -> Result<Checkpoint, CheckpointError> {
-    let mut groups = load(path, layout, &[""])?;
-    let params = groups.0.pop().expect("one group");
-    Ok(Checkpoint { params, metadata: groups.1 })
+    load(path, layout, &[""])
 }
 
-/// Reads one flat buffer per prefix, strictly, and the metadata.
-pub fn load(
-    path: &Path,
-    layout: &Layout,
-    prefixes: &[&str],
-) -> Result<(Vec<Vec<f32>>, HashMap<String, String>), CheckpointError> {
+/// Reads one flat buffer per prefix, strictly, concatenated in `prefixes` order, and the
+/// metadata.
+pub fn load(path: &Path, layout: &Layout, prefixes: &[&str]) -> Result<Checkpoint, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.into(), source })?;
     let format_error = |source| CheckpointError::Format { path: path.into(), source };
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_error)?;
     let file = SafeTensors::deserialize(&bytes).map_err(format_error)?;
-    let groups = prefixes.iter().map(|prefix| read_group(path, &file, layout, prefix)).collect::<Result<_, _>>()?;
+    let mut params = Vec::with_capacity(prefixes.len() * layout.total);
+    for prefix in prefixes {
+        params.extend(read_group(path, &file, layout, prefix)?);
+    }
     let expected: Vec<String> =
         prefixes.iter().flat_map(|p| layout.tensors.iter().map(move |t| format!("{p}{}", t.name))).collect();
-    let mut unexpected: Vec<String> = file.names().into_iter().filter(|n| !expected.iter().any(|e| e == n)).map(String::from).collect();
+    let mut unexpected: Vec<String> =
+        file.names().into_iter().filter(|n| !expected.iter().any(|e| e == n)).map(String::from).collect();
     if !unexpected.is_empty() {
         unexpected.sort();
         return Err(CheckpointError::Unexpected { path: path.into(), names: unexpected });
     }
-    Ok((groups, header.metadata().clone().unwrap_or_default()))
+    Ok(Checkpoint { params, metadata: header.metadata().clone().unwrap_or_default() })
 }
 
 fn read_group(path: &Path, file: &SafeTensors, layout: &Layout, prefix: &str) -> Result<Vec<f32>, CheckpointError> {
     let mut flat = vec![0.0; layout.total];
     for spec in &layout.tensors {
         let name = format!("{prefix}{}", spec.name);
-        let tensor = file.tensor(&name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.clone() })?;
+        let tensor =
+            file.tensor(&name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.clone() })?;
         if tensor.dtype() != Dtype::F32 {
             return Err(CheckpointError::WrongDtype { path: path.into(), name, found: tensor.dtype() });
         }

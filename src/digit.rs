@@ -62,8 +62,11 @@ fn white_on_black(image: &DynamicImage) -> GrayImage {
         Luma([((l as u32 * a as u32 + 255 * (255 - a as u32)) / 255) as u8])
     });
     let (w, h) = gray.dimensions();
-    let border: Vec<u8> =
-        gray.enumerate_pixels().filter(|(x, y, _)| *x == 0 || *y == 0 || *x == w - 1 || *y == h - 1).map(|p| p.2 .0[0]).collect();
+    let border: Vec<u8> = gray
+        .enumerate_pixels()
+        .filter(|(x, y, _)| *x == 0 || *y == 0 || *x == w - 1 || *y == h - 1)
+        .map(|p| p.2 .0[0])
+        .collect();
     if border.iter().map(|&v| v as u64).sum::<u64>() > 127 * border.len() as u64 {
         imageops::invert(&mut gray);
     }
@@ -73,9 +76,8 @@ fn white_on_black(image: &DynamicImage) -> GrayImage {
 /// The smallest box holding every pixel brighter than [`INK`]: (x, y, width, height).
 fn ink_box(gray: &GrayImage) -> Option<(u32, u32, u32, u32)> {
     let ink = gray.enumerate_pixels().filter(|p| p.2 .0[0] > INK);
-    let (x0, y0, x1, y1) = ink.fold((u32::MAX, u32::MAX, 0, 0), |(x0, y0, x1, y1), (x, y, _)| {
-        (x0.min(x), y0.min(y), x1.max(x), y1.max(y))
-    });
+    let (x0, y0, x1, y1) = ink
+        .fold((u32::MAX, u32::MAX, 0, 0), |(x0, y0, x1, y1), (x, y, _)| (x0.min(x), y0.min(y), x1.max(x), y1.max(y)));
     (x0 <= x1).then(|| (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
 }
 
@@ -92,5 +94,7 @@ fn center_of_mass(gray: &GrayImage) -> Option<(f64, f64)> {
 pub fn save_png(path: &Path, pixels: &[u8]) -> Result<(), DigitError> {
     let side = IMAGE_SIDE as u32;
     let image = GrayImage::from_raw(side, side, pixels.to_vec()).expect("28×28 pixels");
-    image.save_with_format(path, image::ImageFormat::Png).map_err(|source| DigitError::Write { path: path.into(), source })
+    image
+        .save_with_format(path, image::ImageFormat::Png)
+        .map_err(|source| DigitError::Write { path: path.into(), source })
 }

@@ -120,9 +120,10 @@ fn line_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, ser
         .draw()?;
     for &(name, data, color) in series {
         chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))?;
-        chart.draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled())))?.label(name).legend(
-            move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)),
-        );
+        chart
+            .draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled())))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()
@@ -162,7 +163,10 @@ fn confusion_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str
             let (x, y) = (col as u32, classes - 1 - row as u32);
             let share = count as f64 / total;
             let fill = RGBColor(255 - (share * 225.0) as u8, 255 - (share * 155.0) as u8, 255);
-            let cell = [(SegmentValue::Exact(x), SegmentValue::Exact(y)), (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1))];
+            let cell = [
+                (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
+            ];
             chart.draw_series([Rectangle::new(cell, fill.filled())])?;
             let ink = if share > 0.5 { WHITE } else { BLACK };
             let style = ("sans-serif", 13).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));

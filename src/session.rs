@@ -52,7 +52,10 @@ pub struct TrainState {
 pub enum Outcome {
     Finished,
     /// Stopped on request inside 0-based `epoch` after `batch` batches; resumable.
-    Stopped { epoch: usize, batch: usize },
+    Stopped {
+        epoch: usize,
+        batch: usize,
+    },
 }
 
 /// The run directory and where training stands.
@@ -74,12 +77,11 @@ impl Session {
     /// The run saved in `dir`, with its parameters and momentum, ready to upload.
     pub fn resume(dir: &Path, layout: &Layout) -> Result<(Self, Vec<f32>, Vec<f32>), SessionError> {
         let path = dir.join(STATE);
-        let (mut groups, metadata) = checkpoint::load(&path, layout, &["param.", "momentum."])?;
-        let json = metadata.get("state").ok_or_else(|| metadata_error(&path, "missing"))?;
+        let mut saved = checkpoint::load(&path, layout, &["param.", "momentum."])?;
+        let json = saved.metadata.get("state").ok_or_else(|| metadata_error(&path, "missing"))?;
         let state: TrainState = serde_json::from_str(json).map_err(|e| metadata_error(&path, &e.to_string()))?;
-        let momentum = groups.pop().expect("two groups");
-        let params = groups.pop().expect("two groups");
-        Ok((Session { dir: dir.into(), state }, params, momentum))
+        let momentum = saved.params.split_off(layout.total);
+        Ok((Session { dir: dir.into(), state }, saved.params, momentum))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

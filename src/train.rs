@@ -172,7 +172,8 @@ pub fn train<B: Backend>(
         .map(|epoch| {
             let order = model.backend.upload_idx(&epoch_order(recipe.seed, epoch, train.len));
             let started = Instant::now();
-            let progress = train_epoch(model, train, &order, recipe, epoch + 1, Default::default(), &|| false, on_event);
+            let progress =
+                train_epoch(model, train, &order, recipe, epoch + 1, Default::default(), &|| false, on_event);
             let train_loss = progress.loss_sum / train.len as f64;
             let seconds = started.elapsed().as_secs_f64();
             let report = EpochReport {

@@ -56,13 +56,18 @@ fn state_dict_saved_by_pytorch_gives_its_logits() {
 
 /// Writes `tensors` (name, dtype, shape) filled with zeros, as another tool might.
 fn write_raw(path: &Path, tensors: &[(&str, Dtype, Vec<usize>)]) {
-    let data: Vec<Vec<u8>> = tensors.iter().map(|(_, d, s)| vec![0; d.bitsize() / 8 * s.iter().product::<usize>()]).collect();
-    let views = tensors.iter().zip(&data).map(|((n, d, s), b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()));
+    let data: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, d, s)| vec![0; d.bitsize() / 8 * s.iter().product::<usize>()]).collect();
+    let views =
+        tensors.iter().zip(&data).map(|((n, d, s), b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()));
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
 /// The network's tensors with `change` applied to the list.
-fn state_dict_with(change: impl FnOnce(&mut Vec<(&str, Dtype, Vec<usize>)>), net: &Net) -> Vec<(String, Dtype, Vec<usize>)> {
+fn state_dict_with(
+    change: impl FnOnce(&mut Vec<(&str, Dtype, Vec<usize>)>),
+    net: &Net,
+) -> Vec<(String, Dtype, Vec<usize>)> {
     let mut tensors: Vec<(&str, Dtype, Vec<usize>)> =
         net.layout.tensors.iter().map(|t| (t.name.as_str(), Dtype::F32, t.shape.clone())).collect();
     change(&mut tensors);
@@ -74,7 +79,8 @@ fn load_error(change: impl FnOnce(&mut Vec<(&str, Dtype, Vec<usize>)>)) -> (Path
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.safetensors");
     let tensors = state_dict_with(change, &net);
-    let borrowed: Vec<(&str, Dtype, Vec<usize>)> = tensors.iter().map(|(n, d, s)| (n.as_str(), *d, s.clone())).collect();
+    let borrowed: Vec<(&str, Dtype, Vec<usize>)> =
+        tensors.iter().map(|(n, d, s)| (n.as_str(), *d, s.clone())).collect();
     write_raw(&path, &borrowed);
     let err = checkpoint::load_params(&path, &net.layout).unwrap_err();
     (path, err)

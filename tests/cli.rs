@@ -48,12 +48,27 @@ fn train_resume_eval_and_samples() {
         c.args(["--epochs", "2", "--batch-size", "32", "--quiet"]).args(extra);
         c
     };
-    train(&["--out", run.to_str().unwrap()]).assert().success().stdout(contains("Accuracy on test set").and(contains("Best")));
-    for file in ["last.safetensors", "best.safetensors", "train_state.safetensors", "metrics.csv", "accuracy.png", "accuracy.svg", "loss.png", "loss.svg"] {
+    train(&["--out", run.to_str().unwrap()])
+        .assert()
+        .success()
+        .stdout(contains("Accuracy on test set").and(contains("Best")));
+    for file in [
+        "last.safetensors",
+        "best.safetensors",
+        "train_state.safetensors",
+        "metrics.csv",
+        "accuracy.png",
+        "accuracy.svg",
+        "loss.png",
+        "loss.svg",
+    ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    assert!(csv.starts_with("epoch,train_loss,test_loss,test_accuracy,seconds,images_per_s\n") && csv.lines().count() == 3, "{csv}");
+    assert!(
+        csv.starts_with("epoch,train_loss,test_loss,test_accuracy,seconds,images_per_s\n") && csv.lines().count() == 3,
+        "{csv}"
+    );
 
     train(&["--out", run.to_str().unwrap()]).assert().failure().stderr(contains("already holds a training run"));
     train(&["--resume", run.to_str().unwrap()]).assert().success().stdout(contains("Resuming at epoch 3"));
@@ -92,9 +107,8 @@ fn eval_reports_bad_checkpoints() {
 /// Predictions of the committed checkpoint on committed test-set digits, as text and JSON.
 #[test]
 fn predict_recognizes_test_digits() {
-    let digits: Vec<PathBuf> =
-        std::fs::read_dir(fixture("digits")).unwrap().map(|e| e.unwrap().path()).collect();
-    let label = |p: &Path| p.file_stem().unwrap().to_str().unwrap().rsplit("label").next().unwrap().to_string();
+    let digits: Vec<PathBuf> = std::fs::read_dir(fixture("digits")).unwrap().map(|e| e.unwrap().path()).collect();
+    let label = |p: &Path| p.file_stem().unwrap().to_str().unwrap().rsplit("label").next().unwrap().parse::<u64>().ok();
     let output = Command::cargo_bin("resnet-mnist")
         .unwrap()
         .args(["predict", "--threads", "2", "--json", "--checkpoint"])
@@ -106,7 +120,7 @@ fn predict_recognizes_test_digits() {
     let lines: Vec<serde_json::Value> =
         String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), digits.len());
-    let right = digits.iter().zip(&lines).filter(|(p, v)| v["class"].to_string() == label(p)).count();
+    let right = digits.iter().zip(&lines).filter(|(p, v)| v["class"].as_u64() == label(p)).count();
     assert!(right * 10 >= digits.len() * 8, "only {right} of {} right", digits.len());
     let sum: f64 = lines[0]["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).sum();
     assert!((sum - 1.0).abs() < 1e-4);
@@ -144,5 +158,10 @@ fn predict_reports_bad_images() {
     };
     predict(&text).stderr(contains("notes.png: cannot read the image"));
     predict(&blank).stderr(contains("blank.png: the image is blank"));
-    Command::cargo_bin("resnet-mnist").unwrap().args(["predict", "--checkpoint", "x.safetensors"]).assert().failure().stderr(contains("IMAGE"));
+    Command::cargo_bin("resnet-mnist")
+        .unwrap()
+        .args(["predict", "--checkpoint", "x.safetensors"])
+        .assert()
+        .failure()
+        .stderr(contains("IMAGE"));
 }

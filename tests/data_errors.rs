@@ -36,9 +36,7 @@ fn label_file(labels: &[u8]) -> Vec<u8> {
 
 /// Distinct, recognisable pixels and labels for `n` images, offset by `seed`.
 fn sample(n: usize, seed: usize) -> (Vec<u8>, Vec<u8>) {
-    let pixels = (0..n * IMAGE_PIXELS)
-        .map(|i| ((i * 31 + seed) % 256) as u8)
-        .collect();
+    let pixels = (0..n * IMAGE_PIXELS).map(|i| ((i * 31 + seed) % 256) as u8).collect();
     let labels = (0..n).map(|i| ((i + seed) % 10) as u8).collect();
     (pixels, labels)
 }
@@ -75,11 +73,7 @@ fn valid_dir() -> TempDir {
 }
 
 fn load_offline(dir: &Path) -> Result<Dataset, DataError> {
-    data::load(&LoadOptions {
-        dir: dir.to_path_buf(),
-        kind: DatasetKind::Mnist,
-        offline: true,
-    })
+    data::load(&LoadOptions { dir: dir.to_path_buf(), kind: DatasetKind::Mnist, offline: true })
 }
 
 /// Loads `dir`, which must fail, and returns the message.
@@ -92,10 +86,7 @@ fn load_error(dir: &Path) -> String {
 
 fn assert_contains(message: &str, parts: &[&str]) {
     for part in parts {
-        assert!(
-            message.contains(part),
-            "{message:?} should contain {part:?}"
-        );
+        assert!(message.contains(part), "{message:?} should contain {part:?}");
     }
 }
 
@@ -183,10 +174,7 @@ fn truncated_gzip_stream() {
     std::fs::write(dir.path().join(&name), &compressed[..compressed.len() / 2]).unwrap();
     let message = load_error(dir.path());
     assert_contains(&message, &[&path_str(&dir, &name)]);
-    assert!(
-        message.contains("gzip") || message.contains("truncated"),
-        "{message}"
-    );
+    assert!(message.contains("gzip") || message.contains("truncated"), "{message}");
 }
 
 #[test]
@@ -197,11 +185,7 @@ fn trailing_bytes() {
     std::fs::write(dir.path().join(TEST_LABELS), bytes).unwrap();
     assert_contains(
         &load_error(dir.path()),
-        &[
-            &path_str(&dir, TEST_LABELS),
-            "2 trailing bytes",
-            &format!("header says {N_TEST} labels"),
-        ],
+        &[&path_str(&dir, TEST_LABELS), "2 trailing bytes", &format!("header says {N_TEST} labels")],
     );
 }
 
@@ -213,10 +197,7 @@ fn wrong_magic() {
     std::fs::write(dir.path().join(TRAIN_IMAGES), bytes).unwrap();
     assert_contains(
         &load_error(dir.path()),
-        &[
-            &path_str(&dir, TRAIN_IMAGES),
-            "wrong magic number 0x00000802, expected 0x00000803 (an IDX image file)",
-        ],
+        &[&path_str(&dir, TRAIN_IMAGES), "wrong magic number 0x00000802, expected 0x00000803 (an IDX image file)"],
     );
 }
 
@@ -224,13 +205,7 @@ fn wrong_magic() {
 fn labels_where_images_should_be() {
     let dir = valid_dir();
     std::fs::copy(dir.path().join(TRAIN_LABELS), dir.path().join(TRAIN_IMAGES)).unwrap();
-    assert_contains(
-        &load_error(dir.path()),
-        &[
-            &path_str(&dir, TRAIN_IMAGES),
-            "wrong magic number 0x00000801",
-        ],
-    );
+    assert_contains(&load_error(dir.path()), &[&path_str(&dir, TRAIN_IMAGES), "wrong magic number 0x00000801"]);
 }
 
 #[test]
@@ -241,10 +216,7 @@ fn wrong_rows_and_cols() {
     std::fs::write(dir.path().join(TEST_IMAGES), bytes).unwrap();
     assert_contains(
         &load_error(dir.path()),
-        &[
-            &path_str(&dir, TEST_IMAGES),
-            "images are 32x24 pixels, expected 28x28",
-        ],
+        &[&path_str(&dir, TEST_IMAGES), "images are 32x24 pixels, expected 28x28"],
     );
 }
 
@@ -254,10 +226,7 @@ fn too_short_for_header() {
     std::fs::write(dir.path().join(TRAIN_LABELS), [0, 0, 8]).unwrap();
     assert_contains(
         &load_error(dir.path()),
-        &[
-            &path_str(&dir, TRAIN_LABELS),
-            "3 bytes is too short for the 8-byte IDX header",
-        ],
+        &[&path_str(&dir, TRAIN_LABELS), "3 bytes is too short for the 8-byte IDX header"],
     );
 }
 
@@ -281,13 +250,7 @@ fn label_out_of_range() {
     let (_, mut labels) = sample(N_TEST, 1);
     labels[2] = 10;
     std::fs::write(dir.path().join(TEST_LABELS), label_file(&labels)).unwrap();
-    assert_contains(
-        &load_error(dir.path()),
-        &[
-            &path_str(&dir, TEST_LABELS),
-            "label 10 at index 2 is out of range",
-        ],
-    );
+    assert_contains(&load_error(dir.path()), &[&path_str(&dir, TEST_LABELS), "label 10 at index 2 is out of range"]);
 }
 
 #[test]
@@ -310,10 +273,7 @@ fn missing_directory_offline() {
             "--data-dir",
         ],
     );
-    assert!(
-        !dir.exists(),
-        "offline loading must not create the directory"
-    );
+    assert!(!dir.exists(), "offline loading must not create the directory");
 }
 
 #[test]
@@ -322,17 +282,8 @@ fn missing_single_file_offline() {
     std::fs::remove_file(dir.path().join(TEST_LABELS)).unwrap();
     let message = load_error(dir.path());
     let first_line = message.lines().next().unwrap();
-    assert_contains(
-        first_line,
-        &[
-            &dir.path().display().to_string(),
-            "lacks t10k-labels-idx1-ubyte",
-        ],
-    );
-    assert!(
-        !first_line.contains(TRAIN_IMAGES),
-        "only the missing file is named as missing: {message}"
-    );
+    assert_contains(first_line, &[&dir.path().display().to_string(), "lacks t10k-labels-idx1-ubyte"]);
+    assert!(!first_line.contains(TRAIN_IMAGES), "only the missing file is named as missing: {message}");
     assert!(!first_line.contains("does not exist"), "{message}");
 }
 
@@ -342,24 +293,14 @@ fn gz_name_without_gzip_content() {
     let name = format!("{TRAIN_IMAGES}.gz");
     std::fs::remove_file(dir.path().join(TRAIN_IMAGES)).unwrap();
     std::fs::write(dir.path().join(&name), b"<html>404 Not Found</html>").unwrap();
-    assert_contains(
-        &load_error(dir.path()),
-        &[&path_str(&dir, &name), "not gzip data"],
-    );
+    assert_contains(&load_error(dir.path()), &[&path_str(&dir, &name), "not gzip data"]);
 }
 
 #[test]
 fn corrupt_gzip() {
     let dir = valid_dir();
-    std::fs::write(
-        dir.path().join(TEST_IMAGES),
-        [0x1f, 0x8b, 8, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3],
-    )
-    .unwrap();
-    assert_contains(
-        &load_error(dir.path()),
-        &[&path_str(&dir, TEST_IMAGES), "corrupt gzip data"],
-    );
+    std::fs::write(dir.path().join(TEST_IMAGES), [0x1f, 0x8b, 8, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
+    assert_contains(&load_error(dir.path()), &[&path_str(&dir, TEST_IMAGES), "corrupt gzip data"]);
 }
 
 #[test]
@@ -367,10 +308,7 @@ fn directory_where_file_should_be() {
     let dir = valid_dir();
     std::fs::remove_file(dir.path().join(TRAIN_LABELS)).unwrap();
     std::fs::create_dir(dir.path().join(TRAIN_LABELS)).unwrap();
-    assert_contains(
-        &load_error(dir.path()),
-        &[&path_str(&dir, TRAIN_LABELS), "is a directory"],
-    );
+    assert_contains(&load_error(dir.path()), &[&path_str(&dir, TRAIN_LABELS), "is a directory"]);
 }
 
 #[cfg(unix)]
@@ -390,19 +328,13 @@ fn resolve_dir_precedence() {
     let var = kind.env_var();
     assert_eq!(var, "FASHION_MNIST_DIR");
     std::env::remove_var(var);
-    assert_eq!(
-        data::resolve_dir(None, kind),
-        PathBuf::from("data/fashion-mnist")
-    );
+    assert_eq!(data::resolve_dir(None, kind), PathBuf::from("data/fashion-mnist"));
     std::env::set_var(var, "/from/env");
     assert_eq!(data::resolve_dir(None, kind), PathBuf::from("/from/env"));
     let flag = Path::new("/from/flag");
     assert_eq!(data::resolve_dir(Some(flag), kind), flag);
     std::env::remove_var(var);
-    assert_eq!(
-        DatasetKind::Mnist.default_dir(),
-        PathBuf::from("data/mnist")
-    );
+    assert_eq!(DatasetKind::Mnist.default_dir(), PathBuf::from("data/mnist"));
     assert_eq!(DatasetKind::Mnist.env_var(), "MNIST_DIR");
 }
 
@@ -416,29 +348,14 @@ fn real_mnist_from_env() {
     };
     let start = std::time::Instant::now();
     let dataset = load_offline(Path::new(&dir)).unwrap();
-    eprintln!(
-        "loaded real MNIST in {:.3} s",
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("loaded real MNIST in {:.3} s", start.elapsed().as_secs_f64());
     let (train, test) = (&dataset.train, &dataset.test);
     assert_eq!((train.len(), test.len()), (60_000, 10_000));
     assert_eq!(train.images.len(), 60_000 * IMAGE_PIXELS);
     assert!(train.labels.iter().chain(&test.labels).all(|&l| l < 10));
     let md5 = |bytes: Vec<u8>| format!("{:x}", Md5::digest(bytes));
-    assert_eq!(
-        md5(image_file(60_000, &train.images)),
-        "6bbc9ace898e44ae57da46a324031adb"
-    );
-    assert_eq!(
-        md5(label_file(&train.labels)),
-        "a25bea736e30d166cdddb491f175f624"
-    );
-    assert_eq!(
-        md5(image_file(10_000, &test.images)),
-        "2646ac647ad5339dbf082846283269ea"
-    );
-    assert_eq!(
-        md5(label_file(&test.labels)),
-        "27ae3e4e09519cfbb04c329615203637"
-    );
+    assert_eq!(md5(image_file(60_000, &train.images)), "6bbc9ace898e44ae57da46a324031adb");
+    assert_eq!(md5(label_file(&train.labels)), "a25bea736e30d166cdddb491f175f624");
+    assert_eq!(md5(image_file(10_000, &test.images)), "2646ac647ad5339dbf082846283269ea");
+    assert_eq!(md5(label_file(&test.labels)), "27ae3e4e09519cfbb04c329615203637");
 }

@@ -51,7 +51,12 @@ impl Fixture {
 fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
     let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let (worst, at) = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).zip(0..).fold((0.0, 0), |w, e| if e.0 > w.0 { e } else { w });
+    let (worst, at) =
+        ours.iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .zip(0..)
+            .fold((0.0, 0), |w, e| if e.0 > w.0 { e } else { w });
     assert!(
         worst / scale <= TOLERANCE,
         "{what}: element {at} is {} here, {} in PyTorch (error {:e} relative to max {scale})",

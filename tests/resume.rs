@@ -23,7 +23,9 @@ fn synthetic(len: usize, salt: u64) -> Split {
     let labels: Vec<u8> = (0..len).map(|i| (i % 10) as u8).collect();
     let images = labels
         .iter()
-        .flat_map(|&l| (0..IMAGE_PIXELS).map(|p| if p / 28 / 2 == l as usize + 2 { 255 } else { next() / 4 }).collect::<Vec<_>>())
+        .flat_map(|&l| {
+            (0..IMAGE_PIXELS).map(|p| if p / 28 / 2 == l as usize + 2 { 255 } else { next() / 4 }).collect::<Vec<_>>()
+        })
         .collect();
     Split { images, labels }
 }
@@ -78,7 +80,6 @@ fn assert_resume_matches(steps: usize) {
     let csv = std::fs::read_to_string(interrupted.path().join(METRICS)).unwrap();
     assert_eq!(csv.lines().count(), 1 + RECIPE.epochs, "{csv}");
 }
-
 
 #[test]
 fn resume_mid_epoch_matches_an_uninterrupted_run() {

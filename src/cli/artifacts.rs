@@ -60,7 +60,8 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Result<()> {
     let (mut session, mut model) = start(backend, args)?;
     let recipe = session.state.recipe;
-    let (train, test) = (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
+    let (train, test) =
+        (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

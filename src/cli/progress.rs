@@ -31,9 +31,15 @@ impl Reporter {
             Event::Step { epoch, batch, batches } => {
                 let (bar, started, first) = bar.get_or_insert_with(|| (new_bar(epoch, batches), Instant::now(), batch));
                 bar.set_position(batch as u64);
-                let rate = ((batch - *first + 1) * *batch_size) as f64 / started.elapsed().as_secs_f64();
+                // Timed from the bar's first step, which itself ran before the clock started.
+                let images = (batch - *first) * *batch_size;
+                let rate = if images == 0 {
+                    String::from("…")
+                } else {
+                    format!("{:.0}", images as f64 / started.elapsed().as_secs_f64())
+                };
                 let loss = loss.map_or(String::from("…"), |l| format!("{l:.3}"));
-                bar.set_message(format!("loss {loss}  {rate:.0} images/s"));
+                bar.set_message(format!("loss {loss}  {rate} images/s"));
             }
             Event::RunningLoss { loss: l, .. } => *loss = Some(l),
             Event::Epoch(_) => {
