@@ -8,7 +8,9 @@ Run (not part of CI; the generated files are committed):
 Writes two files so the checkpoint itself is exactly what `save_file(net.state_dict())`
 produces (nothing extra, no metadata):
   pytorch_state_dict.safetensors   Net().state_dict() after torch.manual_seed(1)
-  pytorch_logits.safetensors       x [8,1,28,28] (normalized test images 0..8), logits [8,10]
+  pytorch_logits.safetensors       x [8,1,28,28] (normalized test images 0..8), logits [8,10],
+                                   and trained_logits [8,10]: what tests/fixtures/trained.safetensors,
+                                   a checkpoint written by resnet-mnist, gives in PyTorch
 
 With --check PATH it instead loads a checkpoint written by resnet-mnist strictly into Net()
 and prints its logits on the same images.
@@ -48,11 +50,13 @@ def main():
         with torch.no_grad():
             print(net(x))
         return
+    trained = Net()
+    trained.load_state_dict(load_file(str(FIXTURES / "trained.safetensors")))  # strict: names and shapes
     with torch.no_grad():
-        logits = net(x)
+        logits, trained_logits = net(x), trained(x)
     save_file(net.state_dict(), str(FIXTURES / "pytorch_state_dict.safetensors"))
-    save_file({"x": x.contiguous(), "logits": logits.contiguous()}, str(FIXTURES / "pytorch_logits.safetensors"),
-              metadata={"torch_version": torch.__version__})
+    tensors = {"x": x.contiguous(), "logits": logits.contiguous(), "trained_logits": trained_logits.contiguous()}
+    save_file(tensors, str(FIXTURES / "pytorch_logits.safetensors"), metadata={"torch_version": torch.__version__})
     print(f"wrote {FIXTURES}/pytorch_state_dict.safetensors and pytorch_logits.safetensors")
 
 

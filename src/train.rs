@@ -1,4 +1,5 @@
-//! The training loop: shuffled mini-batches, SGD steps, a test pass after every epoch.
+//! The training loop: shuffled mini-batches, SGD steps, a test pass after every epoch. The
+//! loop over epochs, with checkpoints and resuming, is [`crate::session::run`].
 
 use std::time::Instant;
 
@@ -157,34 +158,4 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, split: &DeviceSplit<B>, order:
         total: split.len,
         seconds: started.elapsed().as_secs_f64(),
     }
-}
-
-/// Trains for `recipe.epochs` epochs, evaluating on `test` after each; returns the reports.
-pub fn train<B: Backend>(
-    model: &mut Model<B>,
-    train: &DeviceSplit<B>,
-    test: &DeviceSplit<B>,
-    recipe: &Recipe,
-    on_event: &mut dyn FnMut(Event),
-) -> Vec<EpochReport> {
-    let test_order = model.backend.upload_idx(&(0..test.len as u32).collect::<Vec<_>>());
-    (0..recipe.epochs)
-        .map(|epoch| {
-            let order = model.backend.upload_idx(&epoch_order(recipe.seed, epoch, train.len));
-            let started = Instant::now();
-            let progress =
-                train_epoch(model, train, &order, recipe, epoch + 1, Default::default(), &|| false, on_event);
-            let train_loss = progress.loss_sum / train.len as f64;
-            let seconds = started.elapsed().as_secs_f64();
-            let report = EpochReport {
-                epoch: epoch + 1,
-                train_loss,
-                test: evaluate(model, test, &test_order),
-                seconds,
-                images_per_s: train.len as f64 / seconds,
-            };
-            on_event(Event::Epoch(&report));
-            report
-        })
-        .collect()
 }

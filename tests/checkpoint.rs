@@ -36,22 +36,34 @@ fn round_trip_is_bit_exact() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
 }
 
-#[test]
-fn state_dict_saved_by_pytorch_gives_its_logits() {
+/// The logits of checkpoint `name` on the fixture's images match `key`, computed by PyTorch.
+fn assert_pytorch_logits(name: &str, key: &str) {
     let net = Net::new();
-    let checkpoint = checkpoint::load_params(&fixture("pytorch_state_dict.safetensors"), &net.layout).unwrap();
+    let checkpoint = checkpoint::load_params(&fixture(name), &net.layout).unwrap();
     let bytes = std::fs::read(fixture("pytorch_logits.safetensors")).unwrap();
     let reference = SafeTensors::deserialize(&bytes).unwrap();
     let x = f32s(reference.tensor("x").unwrap().data());
-    let theirs = f32s(reference.tensor("logits").unwrap().data());
+    let theirs = f32s(reference.tensor(key).unwrap().data());
     let batch = theirs.len() / CLASSES;
     let mut model = Model::new(CpuBackend::new(2).unwrap(), net, &checkpoint.params, batch);
     model.ws.x[..x.len()].copy_from_slice(&x);
     model.eval_batch(batch);
     let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     for (i, (a, b)) in model.ws.logits[..theirs.len()].iter().zip(&theirs).enumerate() {
-        assert!((a - b).abs() <= 1e-4 * scale, "logit {i}: {a} here, {b} in PyTorch");
+        assert!((a - b).abs() <= 1e-4 * scale, "{name}, logit {i}: {a} here, {b} in PyTorch");
     }
+}
+
+#[test]
+fn state_dict_saved_by_pytorch_gives_its_logits() {
+    assert_pytorch_logits("pytorch_state_dict.safetensors", "logits");
+}
+
+/// `trained.safetensors` was written by this program; PyTorch loaded it into the reference
+/// `Net` strictly (scripts/make_checkpoint_fixture.py) and recorded its logits.
+#[test]
+fn checkpoint_written_here_gives_the_same_logits_in_pytorch() {
+    assert_pytorch_logits("trained.safetensors", "trained_logits");
 }
 
 /// Writes `tensors` (name, dtype, shape) filled with zeros, as another tool might.

@@ -64,6 +64,10 @@ fn train_resume_eval_and_samples() {
     ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
+    for plot in ["accuracy.png", "loss.png"] {
+        let image = image::open(run.join(plot)).unwrap();
+        assert_eq!((image.width(), image.height()), (800, 500), "{plot}");
+    }
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert!(
         csv.starts_with("epoch,train_loss,test_loss,test_accuracy,seconds,images_per_s\n") && csv.lines().count() == 3,

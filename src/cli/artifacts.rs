@@ -31,6 +31,11 @@ fn start<B: Backend>(backend: B, args: &TrainArgs) -> Result<(Session, Model<B>)
     let net = Net::new();
     let (session, params, momentum) =
         Session::resume(dir, &net.layout).with_context(|| format!("cannot resume the run in {}", dir.display()))?;
+    // Flags equal to the defaults may just be unset, so only a changed recipe is worth a word.
+    let (asked, saved) = (args.recipe(), session.state.recipe);
+    if asked != Recipe::default() && asked != saved {
+        tracing::warn!("--resume continues with the saved recipe {saved:?}; the recipe flags given are ignored");
+    }
     let mut model = Model::new(backend, net, &params, capacity(&session.state.recipe));
     session::restore_optimizer(&mut model, &session.state, &momentum);
     Ok((session, model))
