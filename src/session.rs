@@ -88,9 +88,10 @@ impl Session {
         self.dir.join(name)
     }
 
-    /// The best test accuracy so far and its epoch.
+    /// The epoch with the best test accuracy so far; the earliest of equals, so a tie does
+    /// not replace `best`.
     pub fn best(&self) -> Option<&EpochReport> {
-        self.state.history.iter().max_by(|a, b| a.test.accuracy.total_cmp(&b.test.accuracy))
+        self.state.history.iter().reduce(|best, r| if r.test.accuracy > best.test.accuracy { r } else { best })
     }
 
     fn save_state<B: Backend>(&self, model: &Model<B>) -> Result<(), SessionError> {

@@ -18,7 +18,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train with the reference recipe and report test accuracy after every epoch.
+    /// Train with the reference recipe and report test accuracy after every epoch; saves
+    /// checkpoints, metrics.csv and curves into a run directory. Ctrl-C stops and saves.
     Train(TrainArgs),
     /// Test accuracy, loss, per-class accuracy and confusion matrix of a checkpoint (or of
     /// freshly initialized weights).
@@ -113,11 +114,13 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct PredictArgs {
+    /// A safetensors state_dict (from `train`, or saved by PyTorch).
     #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Pictures of single digits; each is fitted into 28×28 the way MNIST digits are.
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
