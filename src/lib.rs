@@ -3,6 +3,11 @@
 
 pub mod atomic;
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
+pub mod digit;
+pub mod inference;
 pub mod model;
+pub mod plot;
+pub mod session;
 pub mod train;

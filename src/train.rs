@@ -1,17 +1,19 @@
-//! The training loop: shuffled mini-batches, SGD steps, a test pass after every epoch.
+//! The training loop: shuffled mini-batches, SGD steps, a test pass after every epoch. The
+//! loop over epochs, with checkpoints and resuming, is [`crate::session::run`].
 
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::data::Split;
 use crate::model::Model;
 
 /// The optimization recipe; the defaults are the reference tutorial's.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
     pub epochs: usize,
     pub batch_size: usize,
@@ -32,7 +34,7 @@ pub const LOG_EVERY: usize = 300;
 pub const EVAL_BATCH: usize = 1000;
 
 /// Test loss and accuracy over a whole split.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub loss: f64,
     pub accuracy: f64,
@@ -41,7 +43,7 @@ pub struct Evaluation {
     pub seconds: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {
     /// 1-based.
     pub epoch: usize,
@@ -54,6 +56,12 @@ pub struct EpochReport {
 
 /// What the loop tells its caller as it goes.
 pub enum Event<'a> {
+    /// Batch `batch` (1-based) of `batches` in the epoch is done.
+    Step {
+        epoch: usize,
+        batch: usize,
+        batches: usize,
+    },
     /// Mean loss of the last [`LOG_EVERY`] batches, after batch `batch` (1-based).
     RunningLoss {
         epoch: usize,
@@ -85,31 +93,51 @@ impl<B: Backend> DeviceSplit<B> {
     }
 }
 
-/// Runs one epoch of SGD over `train` in the given order; returns the mean training loss.
+/// Where an epoch stands: batches done and the sum of their per-example losses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    pub batches: usize,
+    pub loss_sum: f64,
+}
+
+/// Batches in one epoch over `len` examples.
+pub fn batches_per_epoch(len: usize, batch_size: usize) -> usize {
+    len.div_ceil(batch_size)
+}
+
+/// Runs one epoch of SGD over `train` in the given order, from batch `from.batches` on, until
+/// the epoch ends or `stop()` turns true between steps; returns where the epoch then stands.
+#[allow(clippy::too_many_arguments)]
 pub fn train_epoch<B: Backend>(
     model: &mut Model<B>,
     train: &DeviceSplit<B>,
     order: &B::Idx,
     recipe: &Recipe,
     epoch: usize,
+    from: EpochProgress,
+    stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(Event),
-) -> f64 {
-    let mut epoch_stats = crate::backend::Stats::default();
+) -> EpochProgress {
+    let mut progress = from;
     let mut window = 0usize;
-    for (index, start) in (0..train.len).step_by(recipe.batch_size).enumerate() {
+    let total = batches_per_epoch(train.len, recipe.batch_size);
+    while progress.batches < total && !stop() {
+        let start = progress.batches * recipe.batch_size;
         let batch = recipe.batch_size.min(train.len - start);
         model.backend.gather(&train.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);
         model.train_step(batch, recipe.lr, recipe.momentum);
         window += batch;
-        if (index + 1) % LOG_EVERY == 0 {
+        progress.batches += 1;
+        on_event(Event::Step { epoch, batch: progress.batches, batches: total });
+        if progress.batches % LOG_EVERY == 0 {
             let stats = model.take_stats();
-            on_event(Event::RunningLoss { epoch, batch: index + 1, loss: stats.loss_sum / window as f64 });
-            epoch_stats.loss_sum += stats.loss_sum;
+            on_event(Event::RunningLoss { epoch, batch: progress.batches, loss: stats.loss_sum / window as f64 });
+            progress.loss_sum += stats.loss_sum;
             window = 0;
         }
     }
-    epoch_stats.loss_sum += model.take_stats().loss_sum;
-    epoch_stats.loss_sum / train.len as f64
+    progress.loss_sum += model.take_stats().loss_sum;
+    progress
 }
 
 /// Loss and accuracy of the model's current parameters on `split`.
@@ -130,32 +158,4 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, split: &DeviceSplit<B>, order:
         total: split.len,
         seconds: started.elapsed().as_secs_f64(),
     }
-}
-
-/// Trains for `recipe.epochs` epochs, evaluating on `test` after each; returns the reports.
-pub fn train<B: Backend>(
-    model: &mut Model<B>,
-    train: &DeviceSplit<B>,
-    test: &DeviceSplit<B>,
-    recipe: &Recipe,
-    on_event: &mut dyn FnMut(Event),
-) -> Vec<EpochReport> {
-    let test_order = model.backend.upload_idx(&(0..test.len as u32).collect::<Vec<_>>());
-    (0..recipe.epochs)
-        .map(|epoch| {
-            let order = model.backend.upload_idx(&epoch_order(recipe.seed, epoch, train.len));
-            let started = Instant::now();
-            let train_loss = train_epoch(model, train, &order, recipe, epoch + 1, on_event);
-            let seconds = started.elapsed().as_secs_f64();
-            let report = EpochReport {
-                epoch: epoch + 1,
-                train_loss,
-                test: evaluate(model, test, &test_order),
-                seconds,
-                images_per_s: train.len as f64 / seconds,
-            };
-            on_event(Event::Epoch(&report));
-            report
-        })
-        .collect()
 }

@@ -18,10 +18,16 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train with the reference recipe and report test accuracy after every epoch.
+    /// Train with the reference recipe and report test accuracy after every epoch; saves
+    /// checkpoints, metrics.csv and curves into a run directory. Ctrl-C stops and saves.
     Train(TrainArgs),
-    /// Test accuracy and loss of freshly initialized weights.
+    /// Test accuracy, loss, per-class accuracy and confusion matrix of a checkpoint (or of
+    /// freshly initialized weights).
     Eval(EvalArgs),
+    /// Predict the digit in each image (PNG, JPEG; any size, dark-on-light or light-on-dark).
+    Predict(PredictArgs),
+    /// Write test-set digits as PNG files, to try `predict` on.
+    Samples(SamplesArgs),
     /// Training and evaluation throughput on preloaded data.
     Bench(BenchArgs),
 }
@@ -68,6 +74,15 @@ pub struct TrainArgs {
     /// SGD momentum, in [0, 1).
     #[arg(long, default_value_t = Recipe::default().momentum, value_parser = momentum, allow_negative_numbers = true)]
     pub momentum: f32,
+    /// Run directory for checkpoints, metrics.csv and curves [default: runs/<UTC timestamp>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the interrupted run in DIR with its saved recipe (recipe flags are ignored).
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -86,6 +101,39 @@ impl TrainArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
+    /// A safetensors state_dict (from `train`, or saved by PyTorch) [default: fresh weights]
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Where to write the confusion matrix image, without extension (.png and .svg are written)
+    /// [default: confusion-<dataset> beside the checkpoint]
+    #[arg(long, value_name = "PATH", requires = "checkpoint")]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PredictArgs {
+    /// A safetensors state_dict (from `train`, or saved by PyTorch).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Pictures of single digits; each is fitted into 28×28 the way MNIST digits are.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplesArgs {
+    /// How many test-set digits to write, from the first.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub count: u32,
+    #[arg(long, value_name = "DIR", default_value = "samples")]
+    pub out: PathBuf,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -12,13 +12,16 @@ use resnet_mnist::data::{self, Dataset, LoadOptions};
 use resnet_mnist::model::{Model, Net};
 use resnet_mnist::train::{self, epoch_order, DeviceSplit, EpochReport, Event, Recipe, EVAL_BATCH};
 
-use super::args::{BenchArgs, Cli, Command, CommonArgs, Device, EvalArgs, TrainArgs};
+use super::args::{BenchArgs, Cli, Command, CommonArgs, Device, EvalArgs, PredictArgs, TrainArgs};
+use super::artifacts;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Train(cli.train)) {
         Command::Train(args) => on_device(&args.common, &args),
         Command::Eval(args) => on_device(&args.common, &args),
         Command::Bench(args) => on_device(&args.common, &args),
+        Command::Predict(args) => on_device(&args.common, &args),
+        Command::Samples(args) => artifacts::samples(&load_data(&args.common)?, &args),
     }
 }
 
@@ -77,7 +80,7 @@ fn load_data(common: &CommonArgs) -> Result<Dataset> {
     Ok(dataset)
 }
 
-fn fresh_model<B: Backend>(backend: B, seed: u64, capacity: usize) -> Model<B> {
+pub(super) fn fresh_model<B: Backend>(backend: B, seed: u64, capacity: usize) -> Model<B> {
     let net = Net::new();
     let params = net.layout.init(seed);
     Model::new(backend, net, &params, capacity)
@@ -85,7 +88,7 @@ fn fresh_model<B: Backend>(backend: B, seed: u64, capacity: usize) -> Model<B> {
 
 impl OnBackend for TrainArgs {
     fn run<B: Backend>(&self, backend: B) -> Result<()> {
-        train(self, backend)
+        artifacts::train(backend, &load_data(&self.common)?, self)
     }
 }
 
@@ -101,39 +104,15 @@ impl OnBackend for BenchArgs {
     }
 }
 
-fn train<B: Backend>(args: &TrainArgs, backend: B) -> Result<()> {
-    let recipe = args.recipe();
-    let dataset = load_data(&args.common)?;
-    let mut model = fresh_model(backend, recipe.seed, recipe.batch_size.max(EVAL_BATCH));
-    let (train_split, test_split) =
-        (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "Training on {}: {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}",
-        model.backend.name(),
-        dataset.kind,
-        train_split.len,
-        test_split.len,
-        recipe.epochs,
-        recipe.batch_size,
-        recipe.lr,
-        recipe.momentum,
-        recipe.seed
-    )?;
-    let mut written = Ok(());
-    let reports = train::train(&mut model, &train_split, &test_split, &recipe, &mut |event| {
-        if written.is_ok() {
-            written = print_event(&mut out, &event);
-        }
-    });
-    written?;
-    print_summary(&mut out, &reports)?;
-    Ok(())
+impl OnBackend for PredictArgs {
+    fn run<B: Backend>(&self, backend: B) -> Result<()> {
+        artifacts::predict(backend, self)
+    }
 }
 
-fn print_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
+pub(super) fn print_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
     match event {
+        Event::Step { .. } => Ok(()),
         Event::RunningLoss { epoch, batch, loss } => writeln!(out, "[{epoch}, {batch:5}] loss: {loss:.3}"),
         Event::Epoch(r) => writeln!(
             out,
@@ -143,7 +122,7 @@ fn print_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
     }
 }
 
-fn print_summary(out: &mut impl Write, reports: &[EpochReport]) -> std::io::Result<()> {
+pub(super) fn print_summary(out: &mut impl Write, reports: &[EpochReport]) -> std::io::Result<()> {
     let accuracies: Vec<String> = reports.iter().map(|r| format!("{:.2}", r.test.accuracy)).collect();
     writeln!(out, "[{}]", accuracies.join(", "))?;
     let best = reports.iter().max_by(|a, b| a.test.accuracy.total_cmp(&b.test.accuracy));
@@ -164,6 +143,9 @@ fn print_summary(out: &mut impl Write, reports: &[EpochReport]) -> std::io::Resu
 
 fn eval<B: Backend>(args: &EvalArgs, backend: B) -> Result<()> {
     let dataset = load_data(&args.common)?;
+    if let Some(path) = &args.checkpoint {
+        return artifacts::eval_checkpoint(backend, &dataset, path, args.plot.as_deref());
+    }
     let mut model = fresh_model(backend, args.common.seed, EVAL_BATCH);
     let test = DeviceSplit::new(&model.backend, &dataset.test);
     let order = model.backend.upload_idx(&(0..test.len as u32).collect::<Vec<_>>());

@@ -1,0 +1,150 @@
+//! Checkpoints in safetensors with PyTorch's `state_dict` names and shapes, so a file saved
+//! here loads with `Net().load_state_dict(safetensors.torch.load_file(path))` and one saved
+//! by `safetensors.torch.save_file(net.state_dict(), path)` loads here.
+//!
+//! Training state (parameters, momentum, where training stands) is one separate file, so that
+//! resuming never mixes parameters and momentum from different steps.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
+
+use crate::atomic::write_atomic;
+use crate::model::Layout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+
+    #[error("{}: cannot write: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+
+    #[error("{}: not a valid safetensors file (truncated or corrupted?): {source}", path.display())]
+    Format { path: PathBuf, source: SafeTensorError },
+
+    #[error("{}: missing tensor {name}; is this a checkpoint of this network?", path.display())]
+    Missing { path: PathBuf, name: String },
+
+    #[error("{}: unexpected tensors {}; is this a checkpoint of this network?", path.display(), names.join(", "))]
+    Unexpected { path: PathBuf, names: Vec<String> },
+
+    #[error("{}: tensor {name} has shape {found:?}, expected {expected:?}", path.display())]
+    WrongShape { path: PathBuf, name: String, found: Vec<usize>, expected: Vec<usize> },
+
+    #[error("{}: tensor {name} is {found:?}, expected F32", path.display())]
+    WrongDtype { path: PathBuf, name: String, found: Dtype },
+
+    #[error("{}: metadata {key}: {problem}", path.display())]
+    Metadata { path: PathBuf, key: String, problem: String },
+}
+
+/// Flat buffers in [`Layout`] order (one, or one per prefix back to back) with the file's
+/// string metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub params: Vec<f32>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    /// A metadata value parsed as `T`; `None` when absent (e.g. a file saved by PyTorch).
+    pub fn meta<T: std::str::FromStr>(&self, path: &Path, key: &str) -> Result<Option<T>, CheckpointError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let Some(value) = self.metadata.get(key) else { return Ok(None) };
+        value.parse().map(Some).map_err(|e: T::Err| CheckpointError::Metadata {
+            path: path.into(),
+            key: key.into(),
+            problem: format!("{value:?}: {e}"),
+        })
+    }
+}
+
+/// Atomically writes `groups` — (name prefix, flat buffer in `layout` order) — and `metadata`.
+pub fn save(
+    path: &Path,
+    layout: &Layout,
+    groups: &[(&str, &[f32])],
+    metadata: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = groups
+        .iter()
+        .flat_map(|&(prefix, values)| {
+            layout.tensors.iter().map(move |t| {
+                let data = values[t.range()].iter().flat_map(|v| v.to_le_bytes()).collect();
+                (format!("{prefix}{}", t.name), t.shape.clone(), data)
+            })
+        })
+        .collect();
+    let views = bytes.iter().map(|(name, shape, data)| {
+        let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches the data length");
+        (name.as_str(), view)
+    });
+    let mut metadata = metadata;
+    // Hugging Face tools read this to know the tensors came from PyTorch.
+    metadata.insert("format".into(), "pt".into());
+    let serialized = safetensors::serialize(views, Some(metadata))
+        .map_err(|source| CheckpointError::Format { path: path.into(), source })?;
+    write_atomic(path, &serialized).map_err(|source| CheckpointError::Write { path: path.into(), source })
+}
+
+/// Writes a model checkpoint: exactly the network's `state_dict`.
+pub fn save_params(
+    path: &Path,
+    layout: &Layout,
+    params: &[f32],
+    metadata: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    save(path, layout, &[("", params)], metadata)
+}
+
+/// Reads a model checkpoint strictly: every tensor of `layout`, F32 with its shape, nothing else.
+pub fn load_params(path: &Path, layout: &Layout) -> Result<Checkpoint, CheckpointError> {
+    load(path, layout, &[""])
+}
+
+/// Reads one flat buffer per prefix, strictly, concatenated in `prefixes` order, and the
+/// metadata.
+pub fn load(path: &Path, layout: &Layout, prefixes: &[&str]) -> Result<Checkpoint, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.into(), source })?;
+    let format_error = |source| CheckpointError::Format { path: path.into(), source };
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_error)?;
+    let file = SafeTensors::deserialize(&bytes).map_err(format_error)?;
+    let mut params = Vec::with_capacity(prefixes.len() * layout.total);
+    for prefix in prefixes {
+        params.extend(read_group(path, &file, layout, prefix)?);
+    }
+    let expected: Vec<String> =
+        prefixes.iter().flat_map(|p| layout.tensors.iter().map(move |t| format!("{p}{}", t.name))).collect();
+    let mut unexpected: Vec<String> =
+        file.names().into_iter().filter(|n| !expected.iter().any(|e| e == n)).map(String::from).collect();
+    if !unexpected.is_empty() {
+        unexpected.sort();
+        return Err(CheckpointError::Unexpected { path: path.into(), names: unexpected });
+    }
+    Ok(Checkpoint { params, metadata: header.metadata().clone().unwrap_or_default() })
+}
+
+fn read_group(path: &Path, file: &SafeTensors, layout: &Layout, prefix: &str) -> Result<Vec<f32>, CheckpointError> {
+    let mut flat = vec![0.0; layout.total];
+    for spec in &layout.tensors {
+        let name = format!("{prefix}{}", spec.name);
+        let tensor =
+            file.tensor(&name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.clone() })?;
+        if tensor.dtype() != Dtype::F32 {
+            return Err(CheckpointError::WrongDtype { path: path.into(), name, found: tensor.dtype() });
+        }
+        if tensor.shape() != spec.shape.as_slice() {
+            let (found, expected) = (tensor.shape().to_vec(), spec.shape.clone());
+            return Err(CheckpointError::WrongShape { path: path.into(), name, found, expected });
+        }
+        for (v, b) in flat[spec.range()].iter_mut().zip(tensor.data().chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+    Ok(flat)
+}

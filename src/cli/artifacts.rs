@@ -1,0 +1,203 @@
+//! The subcommands that produce or use run artifacts: training into a run directory,
+//! evaluating a checkpoint, predicting images, and writing sample digits.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use resnet_mnist::backend::Backend;
+use resnet_mnist::checkpoint::{self, Checkpoint};
+use resnet_mnist::data::{Dataset, IMAGE_PIXELS};
+use resnet_mnist::inference::{self, argmax};
+use resnet_mnist::model::{Model, Net};
+use resnet_mnist::session::{self, Outcome, Session};
+use resnet_mnist::train::{DeviceSplit, Recipe, EVAL_BATCH};
+use resnet_mnist::{digit, plot};
+
+use super::args::{PredictArgs, SamplesArgs, TrainArgs};
+use super::commands::{fresh_model, print_summary};
+use super::progress::Reporter;
+
+/// A fresh run in `--out`, or the run in `--resume DIR` with its momentum and position.
+fn start<B: Backend>(backend: B, args: &TrainArgs) -> Result<(Session, Model<B>)> {
+    let capacity = |recipe: &Recipe| recipe.batch_size.max(EVAL_BATCH);
+    let Some(dir) = &args.resume else {
+        let recipe = args.recipe();
+        let dir = args.out.clone().unwrap_or_else(default_run_dir);
+        return Ok((Session::create(&dir, recipe)?, fresh_model(backend, recipe.seed, capacity(&recipe))));
+    };
+    let net = Net::new();
+    let (session, params, momentum) =
+        Session::resume(dir, &net.layout).with_context(|| format!("cannot resume the run in {}", dir.display()))?;
+    // Flags equal to the defaults may just be unset, so only a changed recipe is worth a word.
+    let (asked, saved) = (args.recipe(), session.state.recipe);
+    if asked != Recipe::default() && asked != saved {
+        tracing::warn!("--resume continues with the saved recipe {saved:?}; the recipe flags given are ignored");
+    }
+    let mut model = Model::new(backend, net, &params, capacity(&session.state.recipe));
+    session::restore_optimizer(&mut model, &session.state, &momentum);
+    Ok((session, model))
+}
+
+/// `runs/<UTC time>`, with `-` for `:` so the name is valid everywhere.
+fn default_run_dir() -> PathBuf {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    PathBuf::from("runs").join(now.replace(':', "-"))
+}
+
+/// A flag the first Ctrl-C raises so training stops after the step in flight; a second one
+/// exits at once for a user who does not want to wait.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the step and saving (Ctrl-C again to quit now)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Result<()> {
+    let (mut session, mut model) = start(backend, args)?;
+    let recipe = session.state.recipe;
+    let (train, test) =
+        (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Training on {}: {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}; run directory {}",
+        model.backend.name(),
+        dataset.kind,
+        train.len,
+        test.len,
+        recipe.epochs,
+        recipe.batch_size,
+        recipe.lr,
+        recipe.momentum,
+        recipe.seed,
+        session.dir.display()
+    )?;
+    if args.resume.is_some() {
+        let state = &session.state;
+        writeln!(out, "Resuming at epoch {}, batch {}", state.epoch + 1, state.progress.batches)?;
+    }
+    drop(out);
+    let stop = stop_flag()?;
+    let mut reporter = Reporter::new(args.quiet, recipe.batch_size);
+    let mut written = Ok(());
+    let outcome = session::run(&mut session, &mut model, &train, &test, &|| stop.load(Ordering::SeqCst), &mut |e| {
+        if written.is_ok() {
+            written = reporter.handle(&e);
+        }
+    })?;
+    reporter.finish();
+    written?;
+    finish(&session, outcome)
+}
+
+fn finish(session: &Session, outcome: Outcome) -> Result<()> {
+    let history = &session.state.history;
+    if !history.is_empty() {
+        plot::curves(&session.dir, history)?;
+    }
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Outcome::Finished => print_summary(&mut out, history)?,
+        Outcome::Stopped { epoch, batch } => writeln!(
+            out,
+            "Stopped in epoch {} after batch {batch}; saved. Continue with: resnet-mnist train --resume {}",
+            epoch + 1,
+            session.dir.display()
+        )?,
+    }
+    writeln!(out, "Artifacts in {}", session.dir.display())?;
+    Ok(())
+}
+
+fn load_checkpoint(path: &Path) -> Result<(Net, Checkpoint)> {
+    let net = Net::new();
+    let checkpoint = checkpoint::load_params(path, &net.layout)?;
+    Ok((net, checkpoint))
+}
+
+/// What the checkpoint says about itself, for the report's first line.
+fn describe(path: &Path, checkpoint: &Checkpoint) -> Result<String> {
+    let epoch: Option<usize> = checkpoint.meta(path, "epoch")?;
+    Ok(match epoch {
+        Some(epoch) => format!("{} (epoch {epoch})", path.display()),
+        None => path.display().to_string(),
+    })
+}
+
+pub fn eval_checkpoint<B: Backend>(backend: B, dataset: &Dataset, path: &Path, plot: Option<&Path>) -> Result<()> {
+    let (net, checkpoint) = load_checkpoint(path)?;
+    let mut model = Model::new(backend, net, &checkpoint.params, EVAL_BATCH);
+    let report = inference::report(&mut model, &dataset.test);
+    let e = &report.evaluation;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Accuracy on test set: {:.2} % ({} / {}), test loss {:.4}  (checkpoint {}; {} on {})",
+        e.accuracy,
+        e.correct,
+        e.total,
+        e.loss,
+        describe(path, &checkpoint)?,
+        dataset.kind,
+        model.backend.name()
+    )?;
+    for (class, accuracy) in report.per_class().iter().enumerate() {
+        let accuracy = accuracy.map_or("no examples".into(), |a| format!("{a:6.2} %"));
+        writeln!(out, "class {class}: {accuracy}")?;
+    }
+    writeln!(out, "confusion matrix (rows: true class, columns: predicted)")?;
+    writeln!(out, "     {}", (0..10).map(|c| format!("{c:>6}")).collect::<String>())?;
+    for (class, row) in report.confusion.iter().enumerate() {
+        writeln!(out, "{class:>5}{}", row.iter().map(|n| format!("{n:>6}")).collect::<String>())?;
+    }
+    let stem = plot.map_or_else(|| path.with_file_name(format!("confusion-{}", dataset.kind)), Path::to_path_buf);
+    let title = format!("Confusion matrix, {} test set: {:.2} %", dataset.kind, e.accuracy);
+    plot::confusion(&stem, &title, &report.confusion)?;
+    writeln!(out, "Wrote {} and .svg", stem.with_extension("png").display())?;
+    Ok(())
+}
+
+pub fn predict<B: Backend>(backend: B, args: &PredictArgs) -> Result<()> {
+    let (net, checkpoint) = load_checkpoint(&args.checkpoint)?;
+    let images: Vec<[u8; IMAGE_PIXELS]> = args.images.iter().map(|p| digit::load(p)).collect::<Result<_, _>>()?;
+    let mut model = Model::new(backend, net, &checkpoint.params, images.len().min(EVAL_BATCH));
+    let mut out = std::io::stdout().lock();
+    for (path, p) in args.images.iter().zip(inference::probabilities(&mut model, &images)) {
+        let class = argmax(&p);
+        if args.json {
+            let line = serde_json::json!({ "image": path, "class": class, "probabilities": p });
+            writeln!(out, "{line}")?;
+        } else {
+            let probs: Vec<String> = p.iter().map(|v| format!("{v:.3}")).collect();
+            writeln!(out, "{}: {class} ({:.1} %)  [{}]", path.display(), 100.0 * p[class], probs.join(" "))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn samples(dataset: &Dataset, args: &SamplesArgs) -> Result<()> {
+    let test = &dataset.test;
+    let count = (args.count as usize).min(test.len());
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    for i in 0..count {
+        let path = args.out.join(format!("{i:05}-label{}.png", test.labels[i]));
+        digit::save_png(&path, &test.images[i * IMAGE_PIXELS..(i + 1) * IMAGE_PIXELS])?;
+    }
+    println!(
+        "Wrote {count} {} test digits to {}; try: resnet-mnist predict --checkpoint runs/<run>/best.safetensors {}",
+        dataset.kind,
+        args.out.display(),
+        args.out.join(format!("00000-label{}.png", test.labels[0])).display()
+    );
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Training curves and confusion matrices as PNG and SVG (plotters), like the reference's
+//! `plt.plot`. Text is drawn with a bundled ASCII subset of DejaVu Sans (10 KiB), so plots
+//! look the same everywhere and need no system fonts.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::register_font;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::atomic::write_atomic;
+use crate::data::CLASSES;
+use crate::train::EpochReport;
+
+const FONT: &[u8] = include_bytes!("assets/DejaVuSans-subset.ttf");
+const SIZE: (u32, u32) = (800, 500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("{}: cannot draw: {message}", path.display())]
+    Draw { path: PathBuf, message: String },
+    #[error("{}: cannot write: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Rows are true classes, columns predicted ones.
+pub type Confusion = [[u64; CLASSES]; CLASSES];
+
+/// Writes `accuracy.{png,svg}` and `loss.{png,svg}` into `dir`.
+pub fn curves(dir: &Path, history: &[EpochReport]) -> Result<(), PlotError> {
+    let accuracy: Vec<(f64, f64)> = history.iter().map(|r| (r.epoch as f64, r.test.accuracy)).collect();
+    let train: Vec<(f64, f64)> = history.iter().map(|r| (r.epoch as f64, r.train_loss)).collect();
+    let test: Vec<(f64, f64)> = history.iter().map(|r| (r.epoch as f64, r.test.loss)).collect();
+    let acc_series = [("test accuracy (%)", &accuracy[..], BLUE)];
+    write_both(&dir.join("accuracy"), &LineChart { title: "Accuracy on test set", series: &acc_series })?;
+    let loss_series = [("train loss", &train[..], RED), ("test loss", &test[..], BLUE)];
+    write_both(&dir.join("loss"), &LineChart { title: "Loss", series: &loss_series })
+}
+
+/// Writes `<stem>.png` and `<stem>.svg` of a confusion matrix.
+pub fn confusion(stem: &Path, title: &str, matrix: &Confusion) -> Result<(), PlotError> {
+    write_both(stem, &ConfusionChart { title, matrix })
+}
+
+type Series<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
+type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// A picture that any plotters backend can draw.
+trait Picture {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult<DB>;
+}
+
+/// Draws the same picture into a PNG and an SVG beside each other.
+fn write_both(stem: &Path, picture: &impl Picture) -> Result<(), PlotError> {
+    static FONT_ONCE: Once = Once::new();
+    // The font is compiled in and parsed by every plotting test, so failure is a build bug.
+    FONT_ONCE.call_once(|| assert!(register_font("sans-serif", FontStyle::Normal, FONT).is_ok(), "bundled font"));
+    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    let mut pixels = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    picture.draw(BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area()).map_err(|e| draw_error(&png, e))?;
+    let image = image::RgbImage::from_raw(SIZE.0, SIZE.1, pixels).expect("buffer fits the size");
+    let mut encoded = Cursor::new(Vec::new());
+    image.write_to(&mut encoded, image::ImageFormat::Png).map_err(|e| draw_error(&png, e))?;
+    write_atomic(&png, encoded.get_ref()).map_err(|source| PlotError::Write { path: png, source })?;
+    let mut text = String::new();
+    picture.draw(SVGBackend::with_string(&mut text, SIZE).into_drawing_area()).map_err(|e| draw_error(&svg, e))?;
+    write_atomic(&svg, text.as_bytes()).map_err(|source| PlotError::Write { path: svg, source })
+}
+
+fn draw_error(path: &Path, e: impl std::fmt::Display) -> PlotError {
+    PlotError::Draw { path: path.into(), message: e.to_string() }
+}
+
+struct LineChart<'a> {
+    title: &'a str,
+    series: &'a [Series<'a>],
+}
+
+impl Picture for LineChart<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        line_chart(root, self.title, self.series)
+    }
+}
+
+struct ConfusionChart<'a> {
+    title: &'a str,
+    matrix: &'a Confusion,
+}
+
+impl Picture for ConfusionChart<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        confusion_chart(root, self.title, self.matrix)
+    }
+}
+
+fn line_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, series: &[Series]) -> DrawResult<DB> {
+    root.fill(&WHITE)?;
+    let points = series.iter().flat_map(|s| s.1.iter());
+    let last_epoch = points.clone().map(|p| p.0).fold(2.0, f64::max);
+    let (lo, hi) = points.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    let pad = ((hi - lo) * 0.1).max(1e-3);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(1.0..last_epoch, (lo - pad)..(hi + pad))?;
+    // Whole epochs only: a tick at 1.5 epochs would suggest a measurement that was not made.
+    let whole = |x: &f64| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() };
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .x_labels(last_epoch as usize)
+        .x_label_formatter(&whole)
+        .light_line_style(WHITE)
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    for &(name, data, color) in series {
+        chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))?;
+        chart
+            .draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled())))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()
+}
+
+fn confusion_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, m: &Confusion) -> DrawResult<DB> {
+    root.fill(&WHITE)?;
+    let classes = CLASSES as u32;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(45)
+        // A segmented range covers both ends, so 0..classes - 1 has one segment per class.
+        .build_cartesian_2d((0..classes - 1).into_segmented(), (0..classes - 1).into_segmented())?;
+    // Row 0 at the top, as confusion matrices are usually read.
+    let row_label = |v: &SegmentValue<u32>| match v {
+        SegmentValue::CenterOf(y) if *y < classes => (classes - 1 - y).to_string(),
+        _ => String::new(),
+    };
+    let col_label = |v: &SegmentValue<u32>| match v {
+        SegmentValue::CenterOf(x) if *x < classes => x.to_string(),
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("predicted")
+        .y_desc("true")
+        .x_label_formatter(&col_label)
+        .y_label_formatter(&row_label)
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    for (row, counts) in m.iter().enumerate() {
+        let total = counts.iter().sum::<u64>().max(1) as f64;
+        for (col, &count) in counts.iter().enumerate() {
+            let (x, y) = (col as u32, classes - 1 - row as u32);
+            let share = count as f64 / total;
+            let fill = RGBColor(255 - (share * 225.0) as u8, 255 - (share * 155.0) as u8, 255);
+            let cell = [
+                (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
+            ];
+            chart.draw_series([Rectangle::new(cell, fill.filled())])?;
+            let ink = if share > 0.5 { WHITE } else { BLACK };
+            let style = ("sans-serif", 13).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
+            let at = (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y));
+            chart.draw_series([Text::new(count.to_string(), at, style)])?;
+        }
+    }
+    root.present()
+}

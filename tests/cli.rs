@@ -1,0 +1,171 @@
+//! The command line, end to end: train into a run directory, resume, eval a checkpoint,
+//! predict images, write samples, and the error messages of bad input.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A tiny IDX data set: class `l` is a bright bar at rows 2l+4..2l+6, on noise.
+fn write_dataset(dir: &Path) {
+    let write = |name: &str, magic: u32, dims: &[u32], body: &[u8]| {
+        let mut bytes = magic.to_be_bytes().to_vec();
+        dims.iter().for_each(|d| bytes.extend(d.to_be_bytes()));
+        bytes.extend(body);
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    for (prefix, len) in [("train", 120u32), ("t10k", 40)] {
+        let labels: Vec<u8> = (0..len).map(|i| (i % 10) as u8).collect();
+        let images: Vec<u8> = labels
+            .iter()
+            .flat_map(|&l| (0..784).map(move |p| if p / 56 == l as usize + 2 { 255 } else { (p * 7 % 40) as u8 }))
+            .collect();
+        write(&format!("{prefix}-images-idx3-ubyte"), 0x803, &[len, 28, 28], &images);
+        write(&format!("{prefix}-labels-idx1-ubyte"), 0x801, &[len], &labels);
+    }
+}
+
+/// `resnet-mnist <sub>` on the data in `data`, with two threads.
+fn cmd(sub: &str, data: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("resnet-mnist").unwrap();
+    cmd.args([sub, "--threads", "2", "--offline", "--device", "cpu", "--data-dir"]).arg(data).env("RUST_LOG", "error");
+    cmd
+}
+
+#[test]
+fn train_resume_eval_and_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    std::fs::create_dir(&data).unwrap();
+    write_dataset(&data);
+    let train = |extra: &[&str]| {
+        let mut c = cmd("train", &data);
+        c.args(["--epochs", "2", "--batch-size", "32", "--quiet"]).args(extra);
+        c
+    };
+    train(&["--out", run.to_str().unwrap()])
+        .assert()
+        .success()
+        .stdout(contains("Accuracy on test set").and(contains("Best")));
+    for file in [
+        "last.safetensors",
+        "best.safetensors",
+        "train_state.safetensors",
+        "metrics.csv",
+        "accuracy.png",
+        "accuracy.svg",
+        "loss.png",
+        "loss.svg",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    for plot in ["accuracy.png", "loss.png"] {
+        let image = image::open(run.join(plot)).unwrap();
+        assert_eq!((image.width(), image.height()), (800, 500), "{plot}");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(
+        csv.starts_with("epoch,train_loss,test_loss,test_accuracy,seconds,images_per_s\n") && csv.lines().count() == 3,
+        "{csv}"
+    );
+
+    train(&["--out", run.to_str().unwrap()]).assert().failure().stderr(contains("already holds a training run"));
+    train(&["--resume", run.to_str().unwrap()]).assert().success().stdout(contains("Resuming at epoch 3"));
+    train(&["--resume", tmp.path().to_str().unwrap()]).assert().failure().stderr(contains("cannot resume"));
+
+    let plot = tmp.path().join("confusion");
+    cmd("eval", &data)
+        .arg("--checkpoint")
+        .arg(run.join("best.safetensors"))
+        .arg("--plot")
+        .arg(&plot)
+        .assert()
+        .success()
+        .stdout(contains("class 9:").and(contains("confusion matrix")).and(contains("(epoch")));
+    assert!(plot.with_extension("png").is_file() && plot.with_extension("svg").is_file());
+
+    let samples = tmp.path().join("samples");
+    cmd("samples", &data).args(["--count", "3", "--out"]).arg(&samples).assert().success();
+    assert_eq!(std::fs::read_dir(&samples).unwrap().count(), 3);
+    assert!(samples.join("00001-label1.png").is_file());
+}
+
+#[test]
+fn eval_reports_bad_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    write_dataset(data);
+    let truncated = data.join("truncated.safetensors");
+    std::fs::write(&truncated, &std::fs::read(fixture("pytorch_state_dict.safetensors")).unwrap()[..1000]).unwrap();
+    let eval = |path: &Path| cmd("eval", data).arg("--checkpoint").arg(path).assert().failure();
+    eval(&truncated).stderr(contains("truncated.safetensors").and(contains("not a valid safetensors file")));
+    eval(&data.join("absent.safetensors")).stderr(contains("absent.safetensors: cannot read"));
+    eval(&fixture("pytorch_logits.safetensors")).stderr(contains("missing tensor"));
+}
+
+/// Predictions of the committed checkpoint on committed test-set digits, as text and JSON.
+#[test]
+fn predict_recognizes_test_digits() {
+    let digits: Vec<PathBuf> = std::fs::read_dir(fixture("digits")).unwrap().map(|e| e.unwrap().path()).collect();
+    let label = |p: &Path| p.file_stem().unwrap().to_str().unwrap().rsplit("label").next().unwrap().parse::<u64>().ok();
+    let output = Command::cargo_bin("resnet-mnist")
+        .unwrap()
+        .args(["predict", "--threads", "2", "--json", "--checkpoint"])
+        .arg(fixture("trained.safetensors"))
+        .args(&digits)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), digits.len());
+    let right = digits.iter().zip(&lines).filter(|(p, v)| v["class"].as_u64() == label(p)).count();
+    assert!(right * 10 >= digits.len() * 8, "only {right} of {} right", digits.len());
+    let sum: f64 = lines[0]["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-4);
+}
+
+/// A dark digit on a light, large, JPEG-compressed picture is still recognized.
+#[test]
+fn predict_handles_dark_on_light_pictures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = fixture("digits/00000-label7.png");
+    let mut digit = image::open(&source).unwrap().to_luma8();
+    image::imageops::invert(&mut digit);
+    let big = image::imageops::resize(&digit, 150, 200, image::imageops::FilterType::Triangle);
+    let path = tmp.path().join("seven.jpg");
+    big.save(&path).unwrap();
+    Command::cargo_bin("resnet-mnist")
+        .unwrap()
+        .args(["predict", "--threads", "2", "--checkpoint"])
+        .arg(fixture("trained.safetensors"))
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(contains("seven.jpg: 7 ("));
+}
+
+#[test]
+fn predict_reports_bad_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (text, blank) = (tmp.path().join("notes.png"), tmp.path().join("blank.png"));
+    std::fs::write(&text, "not an image").unwrap();
+    image::GrayImage::from_pixel(40, 40, image::Luma([255])).save(&blank).unwrap();
+    let predict = |path: &Path| {
+        let mut c = Command::cargo_bin("resnet-mnist").unwrap();
+        c.args(["predict", "--checkpoint"]).arg(fixture("trained.safetensors")).arg(path).assert().failure()
+    };
+    predict(&text).stderr(contains("notes.png: cannot read the image"));
+    predict(&blank).stderr(contains("blank.png: the image is blank"));
+    Command::cargo_bin("resnet-mnist")
+        .unwrap()
+        .args(["predict", "--checkpoint", "x.safetensors"])
+        .assert()
+        .failure()
+        .stderr(contains("IMAGE"));
+}

@@ -1,0 +1,100 @@
+//! Resuming on the CPU gives the same numbers as an uninterrupted run, whether the run
+//! stopped mid-epoch or between epochs; and a stopped run leaves its files loadable.
+
+use std::cell::Cell;
+use std::path::Path;
+
+use resnet_mnist::backend::cpu::CpuBackend;
+use resnet_mnist::checkpoint;
+use resnet_mnist::data::{Split, IMAGE_PIXELS};
+use resnet_mnist::model::{Model, Net};
+use resnet_mnist::session::{self, Outcome, Session, TrainState, BEST, LAST, METRICS};
+use resnet_mnist::train::{DeviceSplit, Evaluation, Recipe};
+
+const RECIPE: Recipe = Recipe { epochs: 2, batch_size: 32, lr: 0.05, momentum: 0.5, seed: 3 };
+
+/// Digit-like noise: each class a bright bar at its own rows, plus noise.
+fn synthetic(len: usize, salt: u64) -> Split {
+    let mut state = salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u8
+    };
+    let labels: Vec<u8> = (0..len).map(|i| (i % 10) as u8).collect();
+    let images = labels
+        .iter()
+        .flat_map(|&l| {
+            (0..IMAGE_PIXELS).map(|p| if p / 28 / 2 == l as usize + 2 { 255 } else { next() / 4 }).collect::<Vec<_>>()
+        })
+        .collect();
+    Split { images, labels }
+}
+
+/// Runs from wherever `dir` stands (fresh if empty), stopping once `stop_after` steps ran.
+fn run(dir: &Path, resume: bool, stop_after: usize) -> (Outcome, TrainState, Vec<f32>) {
+    let (train, test) = (synthetic(160, 1), synthetic(50, 2));
+    let net = Net::new();
+    let (mut session, mut model) = if resume {
+        let (session, params, momentum) = Session::resume(dir, &net.layout).unwrap();
+        let mut model = Model::new(CpuBackend::new(2).unwrap(), net, &params, 64);
+        session::restore_optimizer(&mut model, &session.state, &momentum);
+        (session, model)
+    } else {
+        let params = net.layout.init(RECIPE.seed);
+        (Session::create(dir, RECIPE).unwrap(), Model::new(CpuBackend::new(2).unwrap(), net, &params, 64))
+    };
+    let (train, test) = (DeviceSplit::new(&model.backend, &train), DeviceSplit::new(&model.backend, &test));
+    let calls = Cell::new(0);
+    let stop = || {
+        calls.set(calls.get() + 1);
+        calls.get() > stop_after
+    };
+    let outcome = session::run(&mut session, &mut model, &train, &test, &stop, &mut |_| {}).unwrap();
+    (outcome, session.state, model.params())
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Stops after `steps` (5 per epoch), resumes, and compares with a straight run.
+fn assert_resume_matches(steps: usize) {
+    let (straight, interrupted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (outcome, expected, expected_params) = run(straight.path(), false, usize::MAX);
+    assert_eq!(outcome, Outcome::Finished);
+    let (outcome, _, _) = run(interrupted.path(), false, steps);
+    assert_eq!(outcome, Outcome::Stopped { epoch: steps / 5, batch: steps % 5 });
+    let (outcome, resumed, params) = run(interrupted.path(), true, usize::MAX);
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(bits(&params), bits(&expected_params), "parameters after resuming at step {steps}");
+    assert_eq!(resumed.steps, expected.steps);
+    for (a, b) in resumed.history.iter().zip(&expected.history) {
+        assert_eq!(a.test, Evaluation { seconds: a.test.seconds, ..b.test }, "epoch {}", a.epoch);
+        // The split epoch sums its losses in two parts, which may round differently.
+        assert!((a.train_loss - b.train_loss).abs() <= 1e-12 * b.train_loss, "epoch {}", a.epoch);
+    }
+    let layout = Net::new().layout;
+    for name in [LAST, BEST] {
+        checkpoint::load_params(&interrupted.path().join(name), &layout).unwrap();
+    }
+    let csv = std::fs::read_to_string(interrupted.path().join(METRICS)).unwrap();
+    assert_eq!(csv.lines().count(), 1 + RECIPE.epochs, "{csv}");
+}
+
+#[test]
+fn resume_mid_epoch_matches_an_uninterrupted_run() {
+    assert_resume_matches(7);
+}
+
+#[test]
+fn resume_between_epochs_matches_an_uninterrupted_run() {
+    assert_resume_matches(5);
+}
+
+#[test]
+fn a_directory_with_a_run_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), false, 1);
+    let err = Session::create(dir.path(), RECIPE).err().expect("refused");
+    assert!(err.to_string().contains("--resume"), "{err}");
+}
