@@ -12,7 +12,9 @@ use resnet_mnist::backend::cuda::CudaBackend;
 use resnet_mnist::backend::{Backend, ConvShape, ParamSlot};
 use resnet_mnist::data::{self, DatasetKind, LoadOptions};
 use resnet_mnist::model::{Model, Net};
-use resnet_mnist::train::{self, DeviceSplit, Recipe, EVAL_BATCH};
+use resnet_mnist::train::{DeviceSplit, Recipe, EVAL_BATCH};
+
+mod common;
 
 fn gpu(graphs: bool) -> Option<CudaBackend<CudarcDevice>> {
     match CudarcDevice::new(0) {
@@ -81,7 +83,7 @@ fn one_epoch_reaches_98_percent_and_graphs_match_plain_steps() {
     let mut model = Model::new(backend, net.clone(), &init, EVAL_BATCH);
     let (train_split, test_split) =
         (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
-    let reports = train::train(&mut model, &train_split, &test_split, &recipe, &mut |_| {});
+    let reports = common::train_run(&mut model, &train_split, &test_split, recipe);
     eprintln!(
         "1 epoch on {}: {:.2} %, {:.0} images/s",
         model.backend.name(),

@@ -6,7 +6,9 @@ use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::{self, DatasetKind, LoadOptions, Split, IMAGE_PIXELS};
 use resnet_mnist::model::{Model, Net};
-use resnet_mnist::train::{self, epoch_order, DeviceSplit, Event, Recipe, EVAL_BATCH};
+use resnet_mnist::train::{self, epoch_order, DeviceSplit, EpochProgress, Event, Recipe, EVAL_BATCH};
+
+mod common;
 
 fn model(threads: usize, seed: u64, capacity: usize) -> Model<CpuBackend> {
     let net = Net::new();
@@ -28,12 +30,13 @@ fn epoch_losses(model: &mut Model<CpuBackend>, split: &Split, recipe: &Recipe) -
     let device = DeviceSplit::new(&model.backend, split);
     let order = model.backend.upload_idx(&epoch_order(recipe.seed, 0, split.len()));
     let mut losses = Vec::new();
-    let mean = train::train_epoch(model, &device, &order, recipe, 1, &mut |event| {
-        if let Event::RunningLoss { loss, .. } = event {
-            losses.push(loss);
-        }
-    });
-    (losses, mean)
+    let progress =
+        train::train_epoch(model, &device, &order, recipe, 1, EpochProgress::default(), &|| false, &mut |event| {
+            if let Event::RunningLoss { loss, .. } = event {
+                losses.push(loss);
+            }
+        });
+    (losses, progress.loss_sum / split.len() as f64)
 }
 
 #[test]
@@ -76,7 +79,7 @@ fn one_epoch_on_mnist_reaches_97_percent() {
     let mut model = model(0, recipe.seed, EVAL_BATCH);
     let (train_split, test_split) =
         (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
-    let reports = train::train(&mut model, &train_split, &test_split, &recipe, &mut |_| {});
+    let reports = common::train_run(&mut model, &train_split, &test_split, recipe);
     let accuracy = reports[0].test.accuracy;
     eprintln!("one epoch: {accuracy:.2} % test accuracy, {:.0} images/s", reports[0].images_per_s);
     assert!(accuracy >= 97.0, "test accuracy after one epoch is {accuracy:.2} %");
