@@ -143,7 +143,7 @@ impl ResidualBlock {
     fn forward<B: Backend>(&self, b: &B, batch: usize, params: &B::Buf, x: &B::Buf, acts: &mut BlockActs<B>) {
         b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, &mut acts.hidden, true);
         b.conv2d_forward(&self.conv2.shape(batch), &acts.hidden, params, self.conv2.slot, &mut acts.branch, false);
-        b.add_relu(x, &acts.branch, &mut acts.out);
+        b.add_relu(self.len(batch), x, &acts.branch, &mut acts.out);
     }
 
     /// Turns `d`, the gradient at the block's output, into the gradient at its input `x`.
@@ -160,10 +160,10 @@ impl ResidualBlock {
     ) {
         let (s1, s2) = (self.conv1.shape(batch), self.conv2.shape(batch));
         // After the mask, `d` is the gradient of both the skip and the branch.
-        b.relu_backward(&acts.out, d);
+        b.relu_backward(self.len(batch), &acts.out, d);
         b.conv2d_backward_params(&s2, &acts.hidden, d, grads, self.conv2.slot);
         b.conv2d_backward_data(&s2, d, params, self.conv2.slot, &mut acts.d_hidden, false);
-        b.relu_backward(&acts.hidden, &mut acts.d_hidden);
+        b.relu_backward(self.len(batch), &acts.hidden, &mut acts.d_hidden);
         b.conv2d_backward_params(&s1, x, &acts.d_hidden, grads, self.conv1.slot);
         b.conv2d_backward_data(&s1, &acts.d_hidden, params, self.conv1.slot, d, true);
     }
@@ -271,14 +271,14 @@ impl Net {
         self.rblock2.backward(b, batch, params, grads, &ws.p2, &mut ws.block2, &mut ws.d_block2);
 
         b.maxpool_backward(&Self::pool(&self.conv2, batch), &ws.d_block2, &ws.argmax2, &mut ws.d_c2);
-        b.relu_backward(&ws.c2, &mut ws.d_c2);
+        b.relu_backward(self.conv2.shape(batch).out_len(), &ws.c2, &mut ws.d_c2);
         let conv2 = self.conv2.shape(batch);
         b.conv2d_backward_params(&conv2, &ws.block1.out, &ws.d_c2, grads, self.conv2.slot);
         b.conv2d_backward_data(&conv2, &ws.d_c2, params, self.conv2.slot, &mut ws.d_block1, false);
         self.rblock1.backward(b, batch, params, grads, &ws.p1, &mut ws.block1, &mut ws.d_block1);
 
         b.maxpool_backward(&Self::pool(&self.conv1, batch), &ws.d_block1, &ws.argmax1, &mut ws.d_c1);
-        b.relu_backward(&ws.c1, &mut ws.d_c1);
+        b.relu_backward(self.conv1.shape(batch).out_len(), &ws.c1, &mut ws.d_c1);
         b.conv2d_backward_params(&self.conv1.shape(batch), &ws.x, &ws.d_c1, grads, self.conv1.slot);
     }
 }

@@ -131,15 +131,15 @@ fn maxpool_and_relu_gradients_match_finite_differences() {
         let (mut y, mut idx) = (b.zeros(s.out_len()), b.zeros_idx(s.out_len()));
         b.maxpool_forward(&s, &x.to_vec(), &mut y, &mut idx);
         let mut relu = b.zeros(s.out_len());
-        b.add_relu(&y, &vec![0.0; s.out_len()], &mut relu);
+        b.add_relu(s.out_len(), &y, &vec![0.0; s.out_len()], &mut relu);
         dot(&r, &relu)
     };
     let (mut y, mut idx) = (b.zeros(s.out_len()), b.zeros_idx(s.out_len()));
     b.maxpool_forward(&s, &x, &mut y, &mut idx);
     let mut relu = b.zeros(s.out_len());
-    b.add_relu(&y, &vec![0.0; s.out_len()], &mut relu);
+    b.add_relu(s.out_len(), &y, &vec![0.0; s.out_len()], &mut relu);
     let mut dy = r.clone();
-    b.relu_backward(&relu, &mut dy);
+    b.relu_backward(s.out_len(), &relu, &mut dy);
     let mut dx = b.zeros(s.in_len());
     b.maxpool_backward(&s, &dy, &idx, &mut dx);
     // A tiny step keeps every window's winner and every sign, so the function is linear there.

@@ -426,15 +426,15 @@ impl Backend for CpuBackend {
         sum_partials(partials, &mut grads[slot.offset..slot.offset + slot.len()]);
     }
 
-    fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>) {
-        let n = dy.len().min(y.len());
-        self.pool.install(|| par_map2(&y[..n], &mut dy[..n], |y, d| if y > 0.0 { d } else { 0.0 }));
+    fn relu_backward(&self, len: usize, y: &Vec<f32>, dy: &mut Vec<f32>) {
+        self.pool.install(|| par_map2(&y[..len], &mut dy[..len], |y, d| if y > 0.0 { d } else { 0.0 }));
     }
 
-    fn add_relu(&self, a: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) {
-        let n = y.len();
+    fn add_relu(&self, len: usize, a: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) {
+        let n = len;
         self.pool.install(|| {
-            y.par_chunks_mut(ELEMENTWISE_CHUNK)
+            y[..n]
+                .par_chunks_mut(ELEMENTWISE_CHUNK)
                 .zip(a[..n].par_chunks(ELEMENTWISE_CHUNK).zip(b[..n].par_chunks(ELEMENTWISE_CHUNK)))
                 .for_each(|(y, (a, b))| {
                     for ((y, a), b) in y.iter_mut().zip(a).zip(b) {

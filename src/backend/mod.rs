@@ -215,11 +215,12 @@ pub trait Backend {
         slot: ParamSlot,
     );
 
-    /// `dy *= (y > 0)`, the backward of a ReLU whose output was `y`. Also the backward of
-    /// the residual `relu(a + b)`: the masked gradient flows unchanged into both `a` and `b`.
-    fn relu_backward(&self, y: &Self::Buf, dy: &mut Self::Buf);
-    /// `y = relu(a + b)`.
-    fn add_relu(&self, a: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf);
+    /// `dy *= (y > 0)` over the first `len` elements, the backward of a ReLU whose output was
+    /// `y`. Also the backward of the residual `relu(a + b)`: the masked gradient flows
+    /// unchanged into both `a` and `b`.
+    fn relu_backward(&self, len: usize, y: &Self::Buf, dy: &mut Self::Buf);
+    /// `y = relu(a + b)` over the first `len` elements.
+    fn add_relu(&self, len: usize, a: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf);
 
     fn maxpool_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf, argmax: &mut Self::Idx);
     /// Routes `dy` to the arg-max of each window; every other element of `dx` becomes zero.

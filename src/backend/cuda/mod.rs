@@ -315,13 +315,12 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.launch_elementwise("sum_splits", slot.len(), args);
     }
 
-    fn relu_backward(&self, y: &Self::Buf, dy: &mut Self::Buf) {
-        let n = dy.len.min(y.len);
-        self.launch_elementwise("relu_backward", n, vec![y.ptr(), dy.ptr(), uint(n)]);
+    fn relu_backward(&self, len: usize, y: &Self::Buf, dy: &mut Self::Buf) {
+        self.launch_elementwise("relu_backward", len, vec![y.ptr(), dy.ptr(), uint(len)]);
     }
 
-    fn add_relu(&self, a: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf) {
-        self.launch_elementwise("add_relu", y.len, vec![a.ptr(), b.ptr(), y.ptr(), uint(y.len)]);
+    fn add_relu(&self, len: usize, a: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf) {
+        self.launch_elementwise("add_relu", len, vec![a.ptr(), b.ptr(), y.ptr(), uint(len)]);
     }
 
     fn maxpool_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf, argmax: &mut Self::Idx) {
