@@ -5,7 +5,7 @@ use crate::backend::Backend;
 use crate::data::{Split, CLASSES, IMAGE_PIXELS};
 use crate::model::Model;
 use crate::plot::Confusion;
-use crate::train::{evaluate, DeviceSplit, Evaluation};
+use crate::train::{evaluate_with, DeviceSplit, Evaluation};
 
 /// Test loss and accuracy with the confusion matrix (rows: true class, columns: predicted).
 #[derive(Clone, Debug, PartialEq)]
@@ -28,19 +28,14 @@ impl Report {
     }
 }
 
-/// Logits of every image of `split`, in order, `CLASSES` per image.
-fn logits<B: Backend>(model: &mut Model<B>, split: &Split) -> Vec<f32> {
+/// Logits of every image of `split`, in order, `CLASSES` per image, and its evaluation.
+fn logits<B: Backend>(model: &mut Model<B>, split: &Split) -> (Vec<f32>, Evaluation) {
     let data = DeviceSplit::new(&model.backend, split);
-    let order = model.backend.upload_idx(&(0..data.len as u32).collect::<Vec<_>>());
     let mut all = Vec::with_capacity(data.len * CLASSES);
-    for start in (0..data.len).step_by(model.ws.capacity) {
-        let batch = model.ws.capacity.min(data.len - start);
-        model.backend.gather(&data.data, &order, start, batch, &mut model.ws.x, &mut model.ws.labels);
-        model.eval_batch(batch);
+    let evaluation = evaluate_with(model, &data, &mut |model, batch| {
         all.extend_from_slice(&model.backend.download(&model.ws.logits)[..batch * CLASSES]);
-    }
-    model.take_stats();
-    all
+    });
+    (all, evaluation)
 }
 
 /// Index of the largest value (the first on ties).
@@ -50,11 +45,9 @@ pub fn argmax(v: &[f32]) -> usize {
 
 /// Loss, accuracy and confusion matrix of the model on `split`.
 pub fn report<B: Backend>(model: &mut Model<B>, split: &Split) -> Report {
-    let data = DeviceSplit::new(&model.backend, split);
-    let order = model.backend.upload_idx(&(0..data.len as u32).collect::<Vec<_>>());
-    let evaluation = evaluate(model, &data, &order);
+    let (logits, evaluation) = logits(model, split);
     let mut confusion = [[0; CLASSES]; CLASSES];
-    for (row, &label) in logits(model, split).chunks_exact(CLASSES).zip(&split.labels) {
+    for (row, &label) in logits.chunks_exact(CLASSES).zip(&split.labels) {
         confusion[label as usize][argmax(row)] += 1;
     }
     Report { evaluation, confusion }
@@ -64,6 +57,7 @@ pub fn report<B: Backend>(model: &mut Model<B>, split: &Split) -> Report {
 pub fn probabilities<B: Backend>(model: &mut Model<B>, images: &[[u8; IMAGE_PIXELS]]) -> Vec<[f32; CLASSES]> {
     let split = Split { images: images.concat(), labels: vec![0; images.len()] };
     logits(model, &split)
+        .0
         .chunks_exact(CLASSES)
         .map(|row| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

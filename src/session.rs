@@ -164,7 +164,6 @@ pub fn run<B: Backend>(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, SessionError> {
     let recipe = session.state.recipe;
-    let test_order = model.backend.upload_idx(&(0..test.len as u32).collect::<Vec<_>>());
     while session.state.epoch < recipe.epochs {
         let epoch = session.state.epoch;
         let order = model.backend.upload_idx(&epoch_order(recipe.seed, epoch, train.len));
@@ -180,7 +179,7 @@ pub fn run<B: Backend>(
         let report = EpochReport {
             epoch: epoch + 1,
             train_loss: progress.loss_sum / train.len as f64,
-            test: evaluate(model, test, &test_order),
+            test: evaluate(model, test),
             seconds: state.seconds,
             images_per_s: train.len as f64 / state.seconds,
         };

@@ -81,15 +81,20 @@ pub fn epoch_order(seed: u64, epoch: usize, len: usize) -> Vec<u32> {
     order
 }
 
-/// A split resident on the backend, with the order it is visited in.
+/// A split resident on the backend, with the identity order that evaluation visits it in.
 pub struct DeviceSplit<B: Backend> {
     pub data: B::Data,
     pub len: usize,
+    in_order: B::Idx,
 }
 
 impl<B: Backend> DeviceSplit<B> {
     pub fn new(backend: &B, split: &Split) -> Self {
-        DeviceSplit { data: backend.upload_data(&split.images, &split.labels), len: split.len() }
+        DeviceSplit {
+            data: backend.upload_data(&split.images, &split.labels),
+            len: split.len(),
+            in_order: backend.upload_idx(&(0..split.len() as u32).collect::<Vec<_>>()),
+        }
     }
 }
 
@@ -140,15 +145,27 @@ pub fn train_epoch<B: Backend>(
     progress
 }
 
-/// Loss and accuracy of the model's current parameters on `split`.
-pub fn evaluate<B: Backend>(model: &mut Model<B>, split: &DeviceSplit<B>, order: &B::Idx) -> Evaluation {
+/// Loss and accuracy of the model's current parameters on `split`, in batches as large as
+/// the workspace holds.
+pub fn evaluate<B: Backend>(model: &mut Model<B>, split: &DeviceSplit<B>) -> Evaluation {
+    evaluate_with(model, split, &mut |_, _| {})
+}
+
+/// [`evaluate`], handing each batch's size and the model, its logits in the workspace, to
+/// `on_batch`.
+pub fn evaluate_with<B: Backend>(
+    model: &mut Model<B>,
+    split: &DeviceSplit<B>,
+    on_batch: &mut dyn FnMut(&Model<B>, usize),
+) -> Evaluation {
     let started = Instant::now();
     model.take_stats();
     let batch_size = model.ws.capacity;
     for start in (0..split.len).step_by(batch_size) {
         let batch = batch_size.min(split.len - start);
-        model.backend.gather(&split.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);
+        model.backend.gather(&split.data, &split.in_order, start, batch, &mut model.ws.x, &mut model.ws.labels);
         model.eval_batch(batch);
+        on_batch(model, batch);
     }
     let stats = model.take_stats();
     Evaluation {

@@ -148,8 +148,7 @@ fn eval<B: Backend>(args: &EvalArgs, backend: B) -> Result<()> {
     }
     let mut model = fresh_model(backend, args.common.seed, EVAL_BATCH);
     let test = DeviceSplit::new(&model.backend, &dataset.test);
-    let order = model.backend.upload_idx(&(0..test.len as u32).collect::<Vec<_>>());
-    let e = train::evaluate(&mut model, &test, &order);
+    let e = train::evaluate(&mut model, &test);
     writeln!(
         std::io::stdout().lock(),
         "Accuracy on test set: {:.2} % ({} / {}), test loss {:.4}  (fresh weights, seed {}; {} on {})",
@@ -175,8 +174,10 @@ fn bench<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
         n => usize::from(n),
     };
     let dataset = load_data(&args.common)?;
-    let (batch, eval_batch, steps) = (args.batch_size as usize, args.eval_batch as usize, args.steps as usize);
-    let mut model = fresh_model(backend, args.common.seed, batch.max(eval_batch));
+    let (batch, steps) = (args.batch_size as usize, args.steps as usize);
+    // One workspace serves both passes, and evaluation fills it.
+    let eval_batch = batch.max(args.eval_batch as usize);
+    let mut model = fresh_model(backend, args.common.seed, eval_batch);
     let train_split = DeviceSplit::new(&model.backend, &dataset.train);
     let test_split = DeviceSplit::new(&model.backend, &dataset.test);
     let recipe = Recipe { batch_size: batch, ..Recipe::default() };
@@ -196,11 +197,9 @@ fn bench<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
     time_steps(0, 20.min(steps));
     let train_rate = median((0..args.repeats as usize).map(|r| time_steps(r + 1, steps)).collect());
 
-    let test_order = model.backend.upload_idx(&(0..test_split.len as u32).collect::<Vec<_>>());
-    model.ws.capacity = eval_batch;
     let eval_rate = median(
         (0..args.repeats as usize)
-            .map(|_| test_split.len as f64 / train::evaluate(&mut model, &test_split, &test_order).seconds)
+            .map(|_| test_split.len as f64 / train::evaluate(&mut model, &test_split).seconds)
             .collect(),
     );
     let (train_gflops, eval_gflops) =
