@@ -145,7 +145,7 @@ pub struct BenchArgs {
     pub steps: u32,
     #[arg(long, default_value_t = Recipe::default().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch_size: u32,
-    /// Batch size of the timed test-set pass.
+    /// Batch size of the timed test-set pass (at least --batch-size: one workspace serves both).
     #[arg(long, default_value_t = EVAL_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub eval_batch: u32,
     /// Timed runs; the median is reported.
