@@ -46,8 +46,8 @@ fn convs(c: &mut Criterion) {
     let params = b.upload(&net.layout.init(0));
     let mut grads = b.zeros(net.layout.total);
     let mut group = c.benchmark_group("conv_flops");
-    let layers =
-        [("conv1", net.conv1), ("rblock1", net.rblock1.conv1), ("conv2", net.conv2), ("rblock2", net.rblock2.conv1)];
+    let (rblock1, rblock2) = (net.stage1.blocks[0].conv1, net.stage2.blocks[0].conv1);
+    let layers = [("conv1", net.conv1), ("rblock1", rblock1), ("conv2", net.conv2), ("rblock2", rblock2)];
     for (name, conv) in layers {
         let s = conv.shape(Recipe::default().batch_size);
         let x = b.upload(&vec![0.5; s.in_len()]);

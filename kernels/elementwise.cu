@@ -1,16 +1,27 @@
-// Element-wise ops: residual add + ReLU, ReLU backward, and the SGD update.
+// Element-wise ops: the residual joins, ReLU backward, scaling, and the SGD update.
 #include "common.cuh"
 
-// y = relu(a + b): the residual join, fused so the sum is never stored.
-extern "C" __global__ void add_relu(const float* __restrict__ a, const float* __restrict__ b,
-                                    float* __restrict__ y, unsigned int n) {
+// y = alpha*a + beta*y, then ReLU when relu: the residual joins (fused, so the sum is never
+// stored apart) and the gradient sums of their backward. beta = 0 never reads y, so a copy
+// into a fresh buffer cannot pick up its NaNs.
+extern "C" __global__ void axpby(float alpha, const float* __restrict__ a, float beta,
+                                 float* __restrict__ y, unsigned int n, unsigned int relu) {
     for (unsigned int i = global_index(); i < n; i += grid_stride()) {
-        y[i] = fmaxf(a[i] + b[i], 0.0f);
+        float v = alpha * a[i];
+        if (beta != 0.0f) v += beta * y[i];
+        y[i] = relu ? fmaxf(v, 0.0f) : v;
     }
 }
 
-// dy *= (y > 0). Serves both plain ReLUs and the residual join, whose masked gradient flows
-// unchanged into the skip and the branch.
+// y *= alpha.
+extern "C" __global__ void scale(float* __restrict__ y, unsigned int n, float alpha) {
+    for (unsigned int i = global_index(); i < n; i += grid_stride()) {
+        y[i] *= alpha;
+    }
+}
+
+// dy *= (y > 0). Serves both plain ReLUs and the residual join relu(a + b), whose masked
+// gradient flows unchanged into the skip and the branch.
 extern "C" __global__ void relu_backward(const float* __restrict__ y, float* __restrict__ dy,
                                          unsigned int n) {
     for (unsigned int i = global_index(); i < n; i += grid_stride()) {

@@ -1,16 +1,22 @@
 //! The reference network, layer by layer, with an explicit forward and backward for each.
 //!
 //! ```text
-//! x 1×28×28 ─ conv1 5×5 ─ relu ─ pool ─ rblock1 ─ conv2 5×5 ─ relu ─ pool ─ rblock2 ─ fc ─ logits
-//!                      16×24×24   16×12×12           32×8×8        32×4×4        512 → 10
-//! rblock(x) = relu(x + conv2(relu(conv1(x))))   (3×3 convs, padding 1)
+//! x 1×28×28 ─ conv1 5×5 ─ relu ─ pool ─ stage1 ─ conv2 5×5 ─ relu ─ pool ─ stage2 ─ fc ─ logits
+//!                      16×24×24   16×12×12          32×8×8        32×4×4       512 → 10
 //! ```
+//! Each stage stacks `depth` residual blocks of one [`BlockKind`]; the reference is one
+//! `original` block, `rblock(x) = relu(x + conv2(relu(conv1(x))))` (3×3 convs, padding 1).
 //!
 //! Parameters live in one flat buffer in PyTorch `state_dict` order, so a layer is an offset
 //! into it and a checkpoint is the buffer cut at the [`Layout`]'s boundaries.
 
+use std::fmt;
+use std::str::FromStr;
+
+use clap::ValueEnum;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats, StepKey};
 pub use crate::data::{CLASSES, IMAGE_SIDE};
@@ -121,19 +127,111 @@ impl Conv {
     }
 }
 
-/// `y = relu(x + conv2(relu(conv1(x))))` on `channels` planes of `side × side`.
-#[derive(Clone, Copy, Debug)]
-pub struct ResidualBlock {
-    pub conv1: Conv,
-    pub conv2: Conv,
+/// The residual unit of every block: the variants of He et al. 2016, "Identity Mappings in Deep
+/// Residual Networks", without batch norm, where `F = conv2 ∘ relu ∘ conv1` (3×3, padding 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockKind {
+    /// relu(x + F(x)): the reference.
+    #[default]
+    Original,
+    /// relu(F(x)): no skip, the baseline that shows what the skip buys.
+    Plain,
+    /// x + relu(F(x)).
+    ReluBeforeAdd,
+    /// x + F(relu(x)), with a ReLU after the last block of each stage.
+    Preact,
+    /// relu(0.5·x + 0.5·F(x)): the paper's constant scaling of the skip.
+    Scaled,
+    /// relu(conv1x1(x) + F(x)): a learned 1×1 projection on the skip.
+    ConvShortcut,
 }
 
-impl ResidualBlock {
-    fn new(layout: &mut Layout, name: &str, channels: usize, side: usize) -> Self {
-        ResidualBlock {
-            conv1: Conv::new(layout, &format!("{name}.conv1"), channels, channels, side, 3, 1),
-            conv2: Conv::new(layout, &format!("{name}.conv2"), channels, channels, side, 3, 1),
+impl BlockKind {
+    /// A buffer beside the block's output: the pre-activation `relu(x)`, the ReLU'd branch,
+    /// or the projected skip.
+    fn has_aux(self) -> bool {
+        matches!(self, Self::ReluBeforeAdd | Self::Preact | Self::ConvShortcut)
+    }
+}
+
+impl fmt::Display for BlockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.to_possible_value().expect("no variant is hidden").get_name())
+    }
+}
+
+impl FromStr for BlockKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Self as ValueEnum>::from_str(s, false)
+    }
+}
+
+/// What varies between networks: the residual unit and how many blocks each stage stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Arch {
+    pub block: BlockKind,
+    pub depth: usize,
+}
+
+impl Default for Arch {
+    fn default() -> Self {
+        Arch { block: BlockKind::Original, depth: 1 }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ×{}", self.block, self.depth)
+    }
+}
+
+impl Arch {
+    /// Deepest stack a stage may have.
+    pub const MAX_DEPTH: usize = 64;
+
+    /// A name for files and directories, such as `preact-d10`.
+    pub fn slug(&self) -> String {
+        format!("{}-d{}", self.block, self.depth)
+    }
+
+    /// Tensor-name prefix of block `index` (0-based) of stage `stage` (1-based): the reference's
+    /// `rblock1` at depth 1, and `stage1.0` … `stage1.{depth-1}` in deeper stacks.
+    pub fn block_name(&self, stage: usize, index: usize) -> String {
+        if self.depth == 1 {
+            format!("rblock{stage}")
+        } else {
+            format!("stage{stage}.{index}")
         }
+    }
+}
+
+/// The factor of the `scaled` join.
+const SKIP_SCALE: f32 = 0.5;
+
+/// One residual block on `channels` planes of `side × side`; its tensors are `NAME.conv1`,
+/// `NAME.conv2` and, for `conv-shortcut`, the 1×1 `NAME.shortcut`.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    pub kind: BlockKind,
+    pub conv1: Conv,
+    pub conv2: Conv,
+    pub shortcut: Option<Conv>,
+    /// Preact's ReLU after the last block of a stage, fused into the join.
+    closing_relu: bool,
+}
+
+impl Block {
+    fn new(layout: &mut Layout, name: &str, kind: BlockKind, channels: usize, side: usize, last: bool) -> Self {
+        let conv = |layout: &mut Layout, part: &str, kernel, pad| {
+            Conv::new(layout, &format!("{name}.{part}"), channels, channels, side, kernel, pad)
+        };
+        let conv1 = conv(layout, "conv1", 3, 1);
+        let conv2 = conv(layout, "conv2", 3, 1);
+        let shortcut = (kind == BlockKind::ConvShortcut).then(|| conv(layout, "shortcut", 1, 0));
+        Block { kind, conv1, conv2, shortcut, closing_relu: kind == BlockKind::Preact && last }
     }
 
     fn len(&self, batch: usize) -> usize {
@@ -141,9 +239,36 @@ impl ResidualBlock {
     }
 
     fn forward<B: Backend>(&self, b: &B, batch: usize, params: &B::Buf, x: &B::Buf, acts: &mut BlockActs<B>) {
-        b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, &mut acts.hidden, true);
-        b.conv2d_forward(&self.conv2.shape(batch), &acts.hidden, params, self.conv2.slot, &mut acts.branch, false);
-        b.add_relu(self.len(batch), x, &acts.branch, &mut acts.out);
+        let n = self.len(batch);
+        let BlockActs { hidden, out, aux } = acts;
+        match (self.kind, aux) {
+            (BlockKind::Original, _) => {
+                self.branch_forward(b, batch, params, x, hidden, out, false);
+                b.axpby(n, 1.0, x, 1.0, out, true);
+            }
+            (BlockKind::Plain, _) => self.branch_forward(b, batch, params, x, hidden, out, true),
+            (BlockKind::ReluBeforeAdd, Some(branch)) => {
+                self.branch_forward(b, batch, params, x, hidden, branch, true);
+                b.axpby(n, 1.0, x, 0.0, out, false);
+                b.axpby(n, 1.0, branch, 1.0, out, false);
+            }
+            (BlockKind::Preact, Some(pre)) => {
+                b.axpby(n, 1.0, x, 0.0, pre, true);
+                self.branch_forward(b, batch, params, pre, hidden, out, false);
+                b.axpby(n, 1.0, x, 1.0, out, self.closing_relu);
+            }
+            (BlockKind::Scaled, _) => {
+                self.branch_forward(b, batch, params, x, hidden, out, false);
+                b.axpby(n, SKIP_SCALE, x, SKIP_SCALE, out, true);
+            }
+            (BlockKind::ConvShortcut, Some(skip)) => {
+                self.branch_forward(b, batch, params, x, hidden, out, false);
+                let shortcut = self.shortcut.expect("conv-shortcut blocks have a shortcut");
+                b.conv2d_forward(&shortcut.shape(batch), x, params, shortcut.slot, skip, false);
+                b.axpby(n, 1.0, skip, 1.0, out, true);
+            }
+            (kind, None) => unreachable!("{kind} blocks get an aux buffer"),
+        }
     }
 
     /// Turns `d`, the gradient at the block's output, into the gradient at its input `x`.
@@ -155,17 +280,138 @@ impl ResidualBlock {
         params: &B::Buf,
         grads: &mut B::Buf,
         x: &B::Buf,
-        acts: &mut BlockActs<B>,
+        acts: &BlockActs<B>,
         d: &mut B::Buf,
+        scratch: &mut Scratch<B>,
+    ) {
+        let n = self.len(batch);
+        let Scratch { d_hidden, d_aux } = scratch;
+        let BlockActs { hidden, out, aux } = acts;
+        match (self.kind, aux, d_aux) {
+            // After the mask, `d` is the gradient of both the skip and the branch.
+            (BlockKind::Original, ..) => {
+                b.relu_backward(n, out, d);
+                self.branch_backward(b, batch, params, grads, x, hidden, d, d_hidden, true);
+            }
+            (BlockKind::Plain, ..) => {
+                b.relu_backward(n, out, d);
+                self.branch_backward(b, batch, params, grads, x, hidden, d, d_hidden, false);
+            }
+            (BlockKind::ReluBeforeAdd, Some(branch), Some(d_branch)) => {
+                b.axpby(n, 1.0, d, 0.0, d_branch, false);
+                b.relu_backward(n, branch, d_branch);
+                self.branch_backward(b, batch, params, grads, x, hidden, d_branch, d_hidden, false);
+                b.axpby(n, 1.0, d_branch, 1.0, d, false);
+            }
+            (BlockKind::Preact, Some(pre), Some(d_pre)) => {
+                if self.closing_relu {
+                    b.relu_backward(n, out, d);
+                }
+                b.axpby(n, 1.0, d, 0.0, d_pre, false);
+                self.branch_backward(b, batch, params, grads, pre, hidden, d_pre, d_hidden, false);
+                b.relu_backward(n, pre, d_pre);
+                b.axpby(n, 1.0, d_pre, 1.0, d, false);
+            }
+            (BlockKind::Scaled, ..) => {
+                b.relu_backward(n, out, d);
+                b.scale(n, SKIP_SCALE, d);
+                self.branch_backward(b, batch, params, grads, x, hidden, d, d_hidden, true);
+            }
+            (BlockKind::ConvShortcut, Some(_), Some(d_skip)) => {
+                b.relu_backward(n, out, d);
+                let shortcut = self.shortcut.expect("conv-shortcut blocks have a shortcut");
+                let s = shortcut.shape(batch);
+                b.conv2d_backward_params(&s, x, d, grads, shortcut.slot);
+                b.conv2d_backward_data(&s, d, params, shortcut.slot, d_skip, false);
+                self.branch_backward(b, batch, params, grads, x, hidden, d, d_hidden, false);
+                b.axpby(n, 1.0, d_skip, 1.0, d, false);
+            }
+            (kind, ..) => unreachable!("{kind} blocks get aux buffers"),
+        }
+    }
+
+    /// `y = conv2(relu(conv1(x)))`, ReLU'd when `relu`.
+    #[allow(clippy::too_many_arguments)]
+    fn branch_forward<B: Backend>(
+        &self,
+        b: &B,
+        batch: usize,
+        params: &B::Buf,
+        x: &B::Buf,
+        hidden: &mut B::Buf,
+        y: &mut B::Buf,
+        relu: bool,
+    ) {
+        b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, hidden, true);
+        b.conv2d_forward(&self.conv2.shape(batch), hidden, params, self.conv2.slot, y, relu);
+    }
+
+    /// Takes `d`, the gradient at the branch's output, to the gradient at its input `x`, which
+    /// replaces `d` or, when `accumulate`, is added to it; writes both convolutions' gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn branch_backward<B: Backend>(
+        &self,
+        b: &B,
+        batch: usize,
+        params: &B::Buf,
+        grads: &mut B::Buf,
+        x: &B::Buf,
+        hidden: &B::Buf,
+        d: &mut B::Buf,
+        d_hidden: &mut B::Buf,
+        accumulate: bool,
     ) {
         let (s1, s2) = (self.conv1.shape(batch), self.conv2.shape(batch));
-        // After the mask, `d` is the gradient of both the skip and the branch.
-        b.relu_backward(self.len(batch), &acts.out, d);
-        b.conv2d_backward_params(&s2, &acts.hidden, d, grads, self.conv2.slot);
-        b.conv2d_backward_data(&s2, d, params, self.conv2.slot, &mut acts.d_hidden, false);
-        b.relu_backward(self.len(batch), &acts.hidden, &mut acts.d_hidden);
-        b.conv2d_backward_params(&s1, x, &acts.d_hidden, grads, self.conv1.slot);
-        b.conv2d_backward_data(&s1, &acts.d_hidden, params, self.conv1.slot, d, true);
+        b.conv2d_backward_params(&s2, hidden, d, grads, self.conv2.slot);
+        b.conv2d_backward_data(&s2, d, params, self.conv2.slot, d_hidden, false);
+        b.relu_backward(self.len(batch), hidden, d_hidden);
+        b.conv2d_backward_params(&s1, x, d_hidden, grads, self.conv1.slot);
+        b.conv2d_backward_data(&s1, d_hidden, params, self.conv1.slot, d, accumulate);
+    }
+}
+
+/// `depth` blocks of one kind on the same geometry, one after another.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    pub blocks: Vec<Block>,
+}
+
+impl Stage {
+    fn new(layout: &mut Layout, arch: Arch, stage: usize, channels: usize, side: usize) -> Self {
+        let blocks = (0..arch.depth)
+            .map(|i| Block::new(layout, &arch.block_name(stage, i), arch.block, channels, side, i + 1 == arch.depth))
+            .collect();
+        Stage { blocks }
+    }
+
+    fn len(&self, batch: usize) -> usize {
+        self.blocks[0].len(batch)
+    }
+
+    fn forward<B: Backend>(&self, b: &B, batch: usize, params: &B::Buf, x: &B::Buf, acts: &mut StageActs<B>) {
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (done, rest) = acts.blocks.split_at_mut(i);
+            block.forward(b, batch, params, done.last().map_or(x, |a| &a.out), &mut rest[0]);
+        }
+    }
+
+    /// Turns `d`, the gradient at the stage's output, into the gradient at its input `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward<B: Backend>(
+        &self,
+        b: &B,
+        batch: usize,
+        params: &B::Buf,
+        grads: &mut B::Buf,
+        x: &B::Buf,
+        acts: &mut StageActs<B>,
+        d: &mut B::Buf,
+    ) {
+        let StageActs { blocks, scratch } = acts;
+        for (i, block) in self.blocks.iter().enumerate().rev() {
+            let input = if i == 0 { x } else { &blocks[i - 1].out };
+            block.backward(b, batch, params, grads, input, &blocks[i], d, scratch);
+        }
     }
 }
 
@@ -186,14 +432,15 @@ impl Linear {
     }
 }
 
-/// The architecture: layer geometry and where each layer's parameters live.
+/// The network: layer geometry and where each layer's parameters live.
 #[derive(Clone, Debug)]
 pub struct Net {
+    pub arch: Arch,
     pub layout: Layout,
     pub conv1: Conv,
-    pub rblock1: ResidualBlock,
+    pub stage1: Stage,
     pub conv2: Conv,
-    pub rblock2: ResidualBlock,
+    pub stage2: Stage,
     pub fc: Linear,
 }
 
@@ -204,16 +451,22 @@ impl Default for Net {
 }
 
 impl Net {
+    /// The reference network.
     pub fn new() -> Self {
+        Self::build(Arch::default())
+    }
+
+    pub fn build(arch: Arch) -> Self {
+        assert!((1..=Arch::MAX_DEPTH).contains(&arch.depth), "depth {} outside 1..={}", arch.depth, Arch::MAX_DEPTH);
         let mut layout = Layout::default();
         let conv1 = Conv::new(&mut layout, "conv1", 1, 16, IMAGE_SIDE, 5, 0);
         let side1 = conv1.out_side() / 2;
-        let rblock1 = ResidualBlock::new(&mut layout, "rblock1", 16, side1);
+        let stage1 = Stage::new(&mut layout, arch, 1, 16, side1);
         let conv2 = Conv::new(&mut layout, "conv2", 16, 32, side1, 5, 0);
         let side2 = conv2.out_side() / 2;
-        let rblock2 = ResidualBlock::new(&mut layout, "rblock2", 32, side2);
+        let stage2 = Stage::new(&mut layout, arch, 2, 32, side2);
         let fc = Linear::new(&mut layout, "fc", 32 * side2 * side2, CLASSES);
-        Net { layout, conv1, rblock1, conv2, rblock2, fc }
+        Net { arch, layout, conv1, stage1, conv2, stage2, fc }
     }
 
     fn pool(conv: &Conv, batch: usize) -> PoolShape {
@@ -221,11 +474,17 @@ impl Net {
         PoolShape { batch, channels: conv.c_out, height: side, width: side }
     }
 
+    /// Every convolution, from the input up.
+    pub fn convs(&self) -> Vec<Conv> {
+        let stage = |s: &Stage| -> Vec<Conv> {
+            s.blocks.iter().flat_map(|b| [Some(b.conv1), Some(b.conv2), b.shortcut].into_iter().flatten()).collect()
+        };
+        [vec![self.conv1], stage(&self.stage1), vec![self.conv2], stage(&self.stage2)].concat()
+    }
+
     /// Multiply-adds of one image's forward pass.
     pub fn forward_macs(&self) -> usize {
-        let convs =
-            [self.conv1, self.rblock1.conv1, self.rblock1.conv2, self.conv2, self.rblock2.conv1, self.rblock2.conv2];
-        convs.iter().map(|c| c.shape(1).macs()).sum::<usize>() + self.fc.inputs * self.fc.outputs
+        self.convs().iter().map(|c| c.shape(1).macs()).sum::<usize>() + self.fc.inputs * self.fc.outputs
     }
 
     /// Floating-point operations of one image's training step: the forward pass, then the
@@ -248,11 +507,11 @@ impl Net {
         assert!(batch <= ws.capacity, "batch {batch} exceeds workspace capacity {}", ws.capacity);
         b.conv2d_forward(&self.conv1.shape(batch), &ws.x, params, self.conv1.slot, &mut ws.c1, true);
         b.maxpool_forward(&Self::pool(&self.conv1, batch), &ws.c1, &mut ws.p1, &mut ws.argmax1);
-        self.rblock1.forward(b, batch, params, &ws.p1, &mut ws.block1);
-        b.conv2d_forward(&self.conv2.shape(batch), &ws.block1.out, params, self.conv2.slot, &mut ws.c2, true);
+        self.stage1.forward(b, batch, params, &ws.p1, &mut ws.stage1);
+        b.conv2d_forward(&self.conv2.shape(batch), ws.stage1.out(), params, self.conv2.slot, &mut ws.c2, true);
         b.maxpool_forward(&Self::pool(&self.conv2, batch), &ws.c2, &mut ws.p2, &mut ws.argmax2);
-        self.rblock2.forward(b, batch, params, &ws.p2, &mut ws.block2);
-        b.linear_forward(&self.fc.shape(batch), &ws.block2.out, params, self.fc.slot, &mut ws.logits);
+        self.stage2.forward(b, batch, params, &ws.p2, &mut ws.stage2);
+        b.linear_forward(&self.fc.shape(batch), ws.stage2.out(), params, self.fc.slot, &mut ws.logits);
         b.softmax_cross_entropy(batch, CLASSES, &ws.logits, &ws.labels, &mut ws.d_logits, stats);
     }
 
@@ -266,34 +525,58 @@ impl Net {
         batch: usize,
     ) {
         let fc = self.fc.shape(batch);
-        b.linear_backward_params(&fc, &ws.block2.out, &ws.d_logits, grads, self.fc.slot);
-        b.linear_backward_data(&fc, &ws.d_logits, params, self.fc.slot, &mut ws.d_block2);
-        self.rblock2.backward(b, batch, params, grads, &ws.p2, &mut ws.block2, &mut ws.d_block2);
+        b.linear_backward_params(&fc, ws.stage2.out(), &ws.d_logits, grads, self.fc.slot);
+        b.linear_backward_data(&fc, &ws.d_logits, params, self.fc.slot, &mut ws.d_stage2);
+        self.stage2.backward(b, batch, params, grads, &ws.p2, &mut ws.stage2, &mut ws.d_stage2);
 
-        b.maxpool_backward(&Self::pool(&self.conv2, batch), &ws.d_block2, &ws.argmax2, &mut ws.d_c2);
+        b.maxpool_backward(&Self::pool(&self.conv2, batch), &ws.d_stage2, &ws.argmax2, &mut ws.d_c2);
         b.relu_backward(self.conv2.shape(batch).out_len(), &ws.c2, &mut ws.d_c2);
         let conv2 = self.conv2.shape(batch);
-        b.conv2d_backward_params(&conv2, &ws.block1.out, &ws.d_c2, grads, self.conv2.slot);
-        b.conv2d_backward_data(&conv2, &ws.d_c2, params, self.conv2.slot, &mut ws.d_block1, false);
-        self.rblock1.backward(b, batch, params, grads, &ws.p1, &mut ws.block1, &mut ws.d_block1);
+        b.conv2d_backward_params(&conv2, ws.stage1.out(), &ws.d_c2, grads, self.conv2.slot);
+        b.conv2d_backward_data(&conv2, &ws.d_c2, params, self.conv2.slot, &mut ws.d_stage1, false);
+        self.stage1.backward(b, batch, params, grads, &ws.p1, &mut ws.stage1, &mut ws.d_stage1);
 
-        b.maxpool_backward(&Self::pool(&self.conv1, batch), &ws.d_block1, &ws.argmax1, &mut ws.d_c1);
+        b.maxpool_backward(&Self::pool(&self.conv1, batch), &ws.d_stage1, &ws.argmax1, &mut ws.d_c1);
         b.relu_backward(self.conv1.shape(batch).out_len(), &ws.c1, &mut ws.d_c1);
         b.conv2d_backward_params(&self.conv1.shape(batch), &ws.x, &ws.d_c1, grads, self.conv1.slot);
     }
 }
 
-/// The activations of one residual block, and the gradient scratch its backward needs.
+/// What one block's forward keeps for its backward.
 pub struct BlockActs<B: Backend> {
     pub hidden: B::Buf,
-    pub branch: B::Buf,
     pub out: B::Buf,
-    pub d_hidden: B::Buf,
+    /// See [`BlockKind::has_aux`].
+    pub aux: Option<B::Buf>,
 }
 
-impl<B: Backend> BlockActs<B> {
-    fn new(b: &B, len: usize) -> Self {
-        BlockActs { hidden: b.zeros(len), branch: b.zeros(len), out: b.zeros(len), d_hidden: b.zeros(len) }
+/// Gradient buffers a block's backward uses and leaves: one set serves a whole stage.
+struct Scratch<B: Backend> {
+    d_hidden: B::Buf,
+    d_aux: Option<B::Buf>,
+}
+
+/// The activations of a stage's blocks.
+pub struct StageActs<B: Backend> {
+    pub blocks: Vec<BlockActs<B>>,
+    scratch: Scratch<B>,
+}
+
+impl<B: Backend> StageActs<B> {
+    fn new(b: &B, stage: &Stage, capacity: usize) -> Self {
+        let len = stage.len(capacity);
+        let aux = |kind: BlockKind| kind.has_aux().then(|| b.zeros(len));
+        let blocks = stage
+            .blocks
+            .iter()
+            .map(|block| BlockActs { hidden: b.zeros(len), out: b.zeros(len), aux: aux(block.kind) })
+            .collect();
+        StageActs { blocks, scratch: Scratch { d_hidden: b.zeros(len), d_aux: aux(stage.blocks[0].kind) } }
+    }
+
+    /// The stage's output: its last block's.
+    pub fn out(&self) -> &B::Buf {
+        &self.blocks.last().expect("a stage has at least one block").out
     }
 }
 
@@ -306,16 +589,16 @@ pub struct Workspace<B: Backend> {
     pub c1: B::Buf,
     pub p1: B::Buf,
     pub argmax1: B::Idx,
-    pub block1: BlockActs<B>,
+    pub stage1: StageActs<B>,
     pub c2: B::Buf,
     pub p2: B::Buf,
     pub argmax2: B::Idx,
-    pub block2: BlockActs<B>,
+    pub stage2: StageActs<B>,
     pub logits: B::Buf,
     pub d_logits: B::Buf,
-    pub d_block2: B::Buf,
+    pub d_stage2: B::Buf,
     pub d_c2: B::Buf,
-    pub d_block1: B::Buf,
+    pub d_stage1: B::Buf,
     pub d_c1: B::Buf,
 }
 
@@ -333,16 +616,16 @@ impl<B: Backend> Workspace<B> {
             c1: b.zeros(c1),
             p1: b.zeros(p1),
             argmax1: b.zeros_idx(p1),
-            block1: BlockActs::new(b, net.rblock1.len(n)),
+            stage1: StageActs::new(b, &net.stage1, n),
             c2: b.zeros(c2),
             p2: b.zeros(p2),
             argmax2: b.zeros_idx(p2),
-            block2: BlockActs::new(b, net.rblock2.len(n)),
+            stage2: StageActs::new(b, &net.stage2, n),
             logits: b.zeros(n * CLASSES),
             d_logits: b.zeros(n * CLASSES),
-            d_block2: b.zeros(p2),
+            d_stage2: b.zeros(p2),
             d_c2: b.zeros(c2),
-            d_block1: b.zeros(p1),
+            d_stage1: b.zeros(p1),
             d_c1: b.zeros(c1),
         }
     }

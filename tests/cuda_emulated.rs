@@ -3,6 +3,7 @@
 //! capture.
 #![cfg(feature = "cuda")]
 
+use clap::ValueEnum;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resnet_mnist::backend::cpu::CpuBackend;
@@ -10,7 +11,7 @@ use resnet_mnist::backend::cuda::emu::EmuDevice;
 use resnet_mnist::backend::cuda::CudaBackend;
 use resnet_mnist::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep};
 use resnet_mnist::data::IMAGE_PIXELS;
-use resnet_mnist::model::{Model, Net, CLASSES};
+use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -107,10 +108,17 @@ fn maxpool_and_elementwise_match_cpu() {
     // Element-wise ops touch only the leading `len` elements of longer buffers.
     let (n, len) = (1000, 997);
     let (a, b, d) = (random(&mut rng, n), random(&mut rng, n), random(&mut rng, n));
-    let (mut y, mut gy) = (vec![0.0; n], g.zeros(n));
-    c.add_relu(len, &a, &b, &mut y);
-    g.add_relu(len, &g.upload(&a), &g.upload(&b), &mut gy);
-    assert_close("add_relu", &g.download(&gy), &y);
+    let (ga, mut y, mut gy) = (g.upload(&a), b.clone(), g.upload(&b));
+    for (alpha, beta, relu) in [(1.0, 1.0, true), (0.5, 0.5, false), (1.0, 0.0, true), (-2.0, 0.0, false)] {
+        c.axpby(len, alpha, &a, beta, &mut y, relu);
+        g.axpby(len, alpha, &ga, beta, &mut gy, relu);
+        assert_close(&format!("axpby {alpha} {beta} {relu}"), &g.download(&gy), &y);
+    }
+    assert_eq!(y[len..], b[len..], "axpby past len");
+    c.scale(len, 0.5, &mut y);
+    g.scale(len, 0.5, &mut gy);
+    assert_close("scale", &g.download(&gy), &y);
+    assert_eq!(y[len..], b[len..], "scale past len");
     let (mut dy, mut gdy) = (d.clone(), g.upload(&d));
     c.relu_backward(len, &y, &mut dy);
     g.relu_backward(len, &gy, &mut gdy);
@@ -204,8 +212,9 @@ fn gather_matches_cpu() {
 }
 
 /// Trains `steps` batches (the last one short) on both backends; returns parameters and stats.
-fn train<B: Backend>(backend: B, images: &[u8], labels: &[u8], batches: &[usize]) -> (Vec<f32>, f64, u64) {
-    let net = Net::new();
+fn train<B: Backend>(backend: B, arch: Arch, data: &(Vec<u8>, Vec<u8>), batches: &[usize]) -> (Vec<f32>, f64, u64) {
+    let (images, labels) = data;
+    let net = Net::build(arch);
     let init = net.layout.init(7);
     let capacity = *batches.iter().max().unwrap();
     let mut model = Model::new(backend, net, &init, capacity);
@@ -224,15 +233,30 @@ fn train<B: Backend>(backend: B, images: &[u8], labels: &[u8], batches: &[usize]
 #[test]
 fn training_steps_match_cpu_with_and_without_graphs() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let (images, labels) = tiny_dataset(&mut rng, 13);
+    let data = tiny_dataset(&mut rng, 13);
     // Full batches of 3 (the third and fourth are captured and replayed), then a short one.
     let batches = [3, 3, 3, 3, 1];
-    let (cpu_params, cpu_loss, cpu_correct) = train(cpu(), &images, &labels, &batches);
-    let (plain, plain_loss, plain_correct) = train(emulated(false), &images, &labels, &batches);
-    let (graphed, graphed_loss, graphed_correct) = train(emulated(true), &images, &labels, &batches);
+    let arch = Arch::default();
+    let (cpu_params, cpu_loss, cpu_correct) = train(cpu(), arch, &data, &batches);
+    let (plain, plain_loss, plain_correct) = train(emulated(false), arch, &data, &batches);
+    let (graphed, graphed_loss, graphed_correct) = train(emulated(true), arch, &data, &batches);
     assert_close("parameters after 5 steps", &plain, &cpu_params);
     assert!((plain_loss - cpu_loss).abs() <= 1e-4 * cpu_loss, "loss {plain_loss} vs {cpu_loss}");
     assert_eq!(plain_correct, cpu_correct);
     assert_eq!(graphed, plain, "graph replay changes the result");
     assert_eq!((graphed_loss, graphed_correct), (plain_loss, plain_correct));
+}
+
+/// Every block variant, two blocks a stage, a full then a short batch.
+#[test]
+fn every_block_variant_trains_like_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let data = tiny_dataset(&mut rng, 5);
+    for &block in BlockKind::value_variants() {
+        let arch = Arch { block, depth: 2 };
+        let (cpu_params, cpu_loss, _) = train(cpu(), arch, &data, &[3, 2]);
+        let (gpu_params, gpu_loss, _) = train(emulated(false), arch, &data, &[3, 2]);
+        assert_close(&format!("{arch}: parameters after 2 steps"), &gpu_params, &cpu_params);
+        assert!((gpu_loss - cpu_loss).abs() <= 1e-4 * cpu_loss, "{arch}: loss {gpu_loss} vs {cpu_loss}");
+    }
 }

@@ -430,18 +430,19 @@ impl Backend for CpuBackend {
         self.pool.install(|| par_map2(&y[..len], &mut dy[..len], |y, d| if y > 0.0 { d } else { 0.0 }));
     }
 
-    fn add_relu(&self, len: usize, a: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) {
-        let n = len;
+    fn axpby(&self, len: usize, alpha: f32, a: &Vec<f32>, beta: f32, y: &mut Vec<f32>, relu: bool) {
+        let act = |v: f32| if relu { v.max(0.0) } else { v };
         self.pool.install(|| {
-            y[..n]
-                .par_chunks_mut(ELEMENTWISE_CHUNK)
-                .zip(a[..n].par_chunks(ELEMENTWISE_CHUNK).zip(b[..n].par_chunks(ELEMENTWISE_CHUNK)))
-                .for_each(|(y, (a, b))| {
-                    for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                        *y = (a + b).max(0.0);
-                    }
-                });
+            if beta == 0.0 {
+                par_map2(&a[..len], &mut y[..len], |a, _| act(alpha * a));
+            } else {
+                par_map2(&a[..len], &mut y[..len], |a, y| act(alpha * a + beta * y));
+            }
         });
+    }
+
+    fn scale(&self, len: usize, alpha: f32, y: &mut Vec<f32>) {
+        self.pool.install(|| y[..len].par_iter_mut().with_min_len(ELEMENTWISE_CHUNK).for_each(|v| *v *= alpha));
     }
 
     fn maxpool_forward(&self, s: &PoolShape, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u32>) {

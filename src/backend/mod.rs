@@ -216,11 +216,15 @@ pub trait Backend {
     );
 
     /// `dy *= (y > 0)` over the first `len` elements, the backward of a ReLU whose output was
-    /// `y`. Also the backward of the residual `relu(a + b)`: the masked gradient flows
+    /// `y`. Also the backward of a residual join `relu(a + b)`: the masked gradient flows
     /// unchanged into both `a` and `b`.
     fn relu_backward(&self, len: usize, y: &Self::Buf, dy: &mut Self::Buf);
-    /// `y = relu(a + b)` over the first `len` elements.
-    fn add_relu(&self, len: usize, a: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf);
+    /// `y = alpha·a + beta·y` over the first `len` elements, then ReLU when `relu`: the residual
+    /// joins and the gradient sums of their backward. With `beta = 0`, `y` is written without
+    /// being read, which makes this a copy (or a ReLU) of `a`.
+    fn axpby(&self, len: usize, alpha: f32, a: &Self::Buf, beta: f32, y: &mut Self::Buf, relu: bool);
+    /// `y *= alpha` over the first `len` elements.
+    fn scale(&self, len: usize, alpha: f32, y: &mut Self::Buf);
 
     fn maxpool_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf, argmax: &mut Self::Idx);
     /// Routes `dy` to the arg-max of each window; every other element of `dx` becomes zero.

@@ -1,7 +1,8 @@
-//! A direct, loop-by-loop `f64` forward pass of the reference network: the yardstick that
-//! finite differences are taken on, free of the rounding noise and kinks an `f32` step meets.
+//! A direct, loop-by-loop `f64` forward pass of the network, in every block variant and depth:
+//! the yardstick that finite differences are taken on, free of the rounding noise and kinks an
+//! `f32` step meets.
 
-use resnet_mnist::model::{Layout, CLASSES};
+use resnet_mnist::model::{BlockKind, Layout, Net, CLASSES};
 
 struct Tensor {
     channels: usize,
@@ -60,20 +61,54 @@ fn pool(x: &Tensor) -> Tensor {
     Tensor { channels: x.channels, side, data }
 }
 
-fn rblock(layout: &Layout, params: &[f64], name: &str, x: Tensor) -> Tensor {
-    let h = relu(conv(layout, params, &format!("{name}.conv1"), &x, x.channels, 3, 1));
-    let mut y = conv(layout, params, &format!("{name}.conv2"), &h, x.channels, 3, 1);
-    y.data.iter_mut().zip(&x.data).for_each(|(y, x)| *y += x);
-    relu(y)
+fn zip(a: &Tensor, b: &Tensor, f: impl Fn(f64, f64) -> f64) -> Tensor {
+    let data = a.data.iter().zip(&b.data).map(|(&a, &b)| f(a, b)).collect();
+    Tensor { channels: a.channels, side: a.side, data }
+}
+
+/// One block of `net`'s kind, written from the formulas of [`BlockKind`]'s variants.
+fn block(net: &Net, params: &[f64], name: &str, x: Tensor, last: bool) -> Tensor {
+    let c = x.channels;
+    let branch = |x: &Tensor| {
+        let h = relu(conv(&net.layout, params, &format!("{name}.conv1"), x, c, 3, 1));
+        conv(&net.layout, params, &format!("{name}.conv2"), &h, c, 3, 1)
+    };
+    match net.arch.block {
+        BlockKind::Original => relu(zip(&x, &branch(&x), |x, f| x + f)),
+        BlockKind::Plain => relu(branch(&x)),
+        BlockKind::ReluBeforeAdd => zip(&x, &relu(branch(&x)), |x, f| x + f),
+        BlockKind::Preact => {
+            let pre = relu(Tensor { channels: c, side: x.side, data: x.data.clone() });
+            let y = zip(&x, &branch(&pre), |x, f| x + f);
+            if last {
+                relu(y)
+            } else {
+                y
+            }
+        }
+        BlockKind::Scaled => relu(zip(&x, &branch(&x), |x, f| 0.5 * x + 0.5 * f)),
+        BlockKind::ConvShortcut => {
+            let skip = conv(&net.layout, params, &format!("{name}.shortcut"), &x, c, 1, 0);
+            relu(zip(&skip, &branch(&x), |s, f| s + f))
+        }
+    }
+}
+
+fn stage(net: &Net, params: &[f64], stage: usize, mut x: Tensor) -> Tensor {
+    for i in 0..net.arch.depth {
+        x = block(net, params, &net.arch.block_name(stage, i), x, i + 1 == net.arch.depth);
+    }
+    x
 }
 
 /// Logits of one 28×28 image.
-pub fn logits(layout: &Layout, params: &[f64], image: &[f64]) -> Vec<f64> {
+pub fn logits(net: &Net, params: &[f64], image: &[f64]) -> Vec<f64> {
+    let layout = &net.layout;
     let x = Tensor { channels: 1, side: 28, data: image.to_vec() };
     let x = pool(&relu(conv(layout, params, "conv1", &x, 16, 5, 0)));
-    let x = rblock(layout, params, "rblock1", x);
+    let x = stage(net, params, 1, x);
     let x = pool(&relu(conv(layout, params, "conv2", &x, 32, 5, 0)));
-    let x = rblock(layout, params, "rblock2", x);
+    let x = stage(net, params, 2, x);
     let (w, b) = (param(layout, params, "fc.weight"), param(layout, params, "fc.bias"));
     (0..CLASSES)
         .map(|o| b[o] + w[o * x.data.len()..][..x.data.len()].iter().zip(&x.data).map(|(w, x)| w * x).sum::<f64>())
@@ -81,9 +116,9 @@ pub fn logits(layout: &Layout, params: &[f64], image: &[f64]) -> Vec<f64> {
 }
 
 /// Mean softmax cross-entropy over a batch of images.
-pub fn mean_loss(layout: &Layout, params: &[f64], images: &[f64], labels: &[u32]) -> f64 {
+pub fn mean_loss(net: &Net, params: &[f64], images: &[f64], labels: &[u32]) -> f64 {
     let losses = images.chunks_exact(784).zip(labels).map(|(image, &label)| {
-        let z = logits(layout, params, image);
+        let z = logits(net, params, image);
         let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln() - z[label as usize]
     });

@@ -319,8 +319,13 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.launch_elementwise("relu_backward", len, vec![y.ptr(), dy.ptr(), uint(len)]);
     }
 
-    fn add_relu(&self, len: usize, a: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf) {
-        self.launch_elementwise("add_relu", len, vec![a.ptr(), b.ptr(), y.ptr(), uint(len)]);
+    fn axpby(&self, len: usize, alpha: f32, a: &Self::Buf, beta: f32, y: &mut Self::Buf, relu: bool) {
+        let args = vec![Arg::F32(alpha), a.ptr(), Arg::F32(beta), y.ptr(), uint(len), Arg::U32(relu.into())];
+        self.launch_elementwise("axpby", len, args);
+    }
+
+    fn scale(&self, len: usize, alpha: f32, y: &mut Self::Buf) {
+        self.launch_elementwise("scale", len, vec![y.ptr(), uint(len), Arg::F32(alpha)]);
     }
 
     fn maxpool_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf, argmax: &mut Self::Idx) {
