@@ -6,13 +6,15 @@
 //! resuming never mixes parameters and momentum from different steps.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::atomic::write_atomic;
-use crate::model::Layout;
+use crate::model::{Arch, Layout, Net};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -51,17 +53,95 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// A metadata value parsed as `T`; `None` when absent (e.g. a file saved by PyTorch).
-    pub fn meta<T: std::str::FromStr>(&self, path: &Path, key: &str) -> Result<Option<T>, CheckpointError>
+    pub fn meta<T: FromStr>(&self, path: &Path, key: &str) -> Result<Option<T>, CheckpointError>
     where
-        T::Err: std::fmt::Display,
+        T::Err: Display,
     {
-        let Some(value) = self.metadata.get(key) else { return Ok(None) };
-        value.parse().map(Some).map_err(|e: T::Err| CheckpointError::Metadata {
-            path: path.into(),
-            key: key.into(),
-            problem: format!("{value:?}: {e}"),
-        })
+        parse_meta(path, &self.metadata, key)
     }
+}
+
+fn parse_meta<T: FromStr>(
+    path: &Path,
+    metadata: &HashMap<String, String>,
+    key: &str,
+) -> Result<Option<T>, CheckpointError>
+where
+    T::Err: Display,
+{
+    let Some(value) = metadata.get(key) else { return Ok(None) };
+    value.parse().map(Some).map_err(|e: T::Err| CheckpointError::Metadata {
+        path: path.into(),
+        key: key.into(),
+        problem: format!("{value:?}: {e}"),
+    })
+}
+
+/// A checkpoint read into memory, its metadata parsed, its tensors not yet: the metadata says
+/// which network the tensors belong to.
+pub struct CheckpointFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl CheckpointFile {
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.into(), source })?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|source| CheckpointError::Format { path: path.into(), source })?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        Ok(CheckpointFile { path: path.into(), bytes, metadata })
+    }
+
+    pub fn meta<T: FromStr>(&self, key: &str) -> Result<Option<T>, CheckpointError>
+    where
+        T::Err: Display,
+    {
+        parse_meta(&self.path, &self.metadata, key)
+    }
+
+    /// The network the file records (`block`, `depth`); the reference's where it records none,
+    /// as in a `state_dict` saved by PyTorch.
+    pub fn arch(&self) -> Result<Arch, CheckpointError> {
+        let default = Arch::default();
+        let block = self.meta(ARCH_BLOCK)?.unwrap_or(default.block);
+        let depth = self.meta(ARCH_DEPTH)?.unwrap_or(default.depth);
+        if !(1..=Arch::MAX_DEPTH).contains(&depth) {
+            let problem = format!("{depth} is outside 1..={}", Arch::MAX_DEPTH);
+            return Err(CheckpointError::Metadata { path: self.path.clone(), key: ARCH_DEPTH.into(), problem });
+        }
+        Ok(Arch { block, depth })
+    }
+
+    /// One flat buffer per prefix, strictly, concatenated in `prefixes` order.
+    pub fn read(&self, layout: &Layout, prefixes: &[&str]) -> Result<Vec<f32>, CheckpointError> {
+        let path = self.path.as_path();
+        let file = SafeTensors::deserialize(&self.bytes)
+            .map_err(|source| CheckpointError::Format { path: path.into(), source })?;
+        let mut params = Vec::with_capacity(prefixes.len() * layout.total);
+        for prefix in prefixes {
+            params.extend(read_group(path, &file, layout, prefix)?);
+        }
+        let expected: Vec<String> =
+            prefixes.iter().flat_map(|p| layout.tensors.iter().map(move |t| format!("{p}{}", t.name))).collect();
+        let mut unexpected: Vec<String> =
+            file.names().into_iter().filter(|n| !expected.iter().any(|e| e == n)).map(String::from).collect();
+        if !unexpected.is_empty() {
+            unexpected.sort();
+            return Err(CheckpointError::Unexpected { path: path.into(), names: unexpected });
+        }
+        Ok(params)
+    }
+}
+
+/// Metadata keys of the network a checkpoint holds.
+const ARCH_BLOCK: &str = "block";
+const ARCH_DEPTH: &str = "depth";
+
+/// The metadata that lets [`CheckpointFile::arch`] rebuild `arch`.
+pub fn arch_metadata(arch: Arch) -> [(String, String); 2] {
+    [(ARCH_BLOCK.into(), arch.block.to_string()), (ARCH_DEPTH.into(), arch.depth.to_string())]
 }
 
 /// Atomically writes `groups` — (name prefix, flat buffer in `layout` order) — and `metadata`.
@@ -110,23 +190,16 @@ pub fn load_params(path: &Path, layout: &Layout) -> Result<Checkpoint, Checkpoin
 /// Reads one flat buffer per prefix, strictly, concatenated in `prefixes` order, and the
 /// metadata.
 pub fn load(path: &Path, layout: &Layout, prefixes: &[&str]) -> Result<Checkpoint, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.into(), source })?;
-    let format_error = |source| CheckpointError::Format { path: path.into(), source };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_error)?;
-    let file = SafeTensors::deserialize(&bytes).map_err(format_error)?;
-    let mut params = Vec::with_capacity(prefixes.len() * layout.total);
-    for prefix in prefixes {
-        params.extend(read_group(path, &file, layout, prefix)?);
-    }
-    let expected: Vec<String> =
-        prefixes.iter().flat_map(|p| layout.tensors.iter().map(move |t| format!("{p}{}", t.name))).collect();
-    let mut unexpected: Vec<String> =
-        file.names().into_iter().filter(|n| !expected.iter().any(|e| e == n)).map(String::from).collect();
-    if !unexpected.is_empty() {
-        unexpected.sort();
-        return Err(CheckpointError::Unexpected { path: path.into(), names: unexpected });
-    }
-    Ok(Checkpoint { params, metadata: header.metadata().clone().unwrap_or_default() })
+    let file = CheckpointFile::open(path)?;
+    Ok(Checkpoint { params: file.read(layout, prefixes)?, metadata: file.metadata })
+}
+
+/// The network a model checkpoint records, with its parameters.
+pub fn load_net(path: &Path) -> Result<(Net, Checkpoint), CheckpointError> {
+    let file = CheckpointFile::open(path)?;
+    let net = Net::build(file.arch()?);
+    let params = file.read(&net.layout, &[""])?;
+    Ok((net, Checkpoint { params, metadata: file.metadata }))
 }
 
 fn read_group(path: &Path, file: &SafeTensors, layout: &Layout, prefix: &str) -> Result<Vec<f32>, CheckpointError> {

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod backend;
 pub mod checkpoint;
+pub mod compare;
 pub mod data;
 pub mod digit;
 pub mod inference;

@@ -184,7 +184,7 @@ impl Default for Arch {
 
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ×{}", self.block, self.depth)
+        write!(f, "{}, depth {}", self.block, self.depth)
     }
 }
 
@@ -680,11 +680,25 @@ impl<B: Backend> Model<B> {
         self.net.forward(&self.backend, &self.state.values, &mut self.ws, batch, &mut self.stats);
     }
 
+    /// The backend, for a next model; this one's buffers are freed, and the steps the backend
+    /// recorded on them forgotten.
+    pub fn into_backend(self) -> B {
+        self.backend.forget_steps();
+        self.backend
+    }
+
     pub fn take_stats(&mut self) -> Stats {
         self.backend.take_stats(&mut self.stats)
     }
 
     pub fn params(&self) -> Vec<f32> {
         self.backend.download(&self.state.values)
+    }
+
+    /// The L2 norm of each parameter tensor's gradient from the last step, in layout order.
+    pub fn grad_norms(&self) -> Vec<f32> {
+        let grads = self.backend.download(&self.state.grads);
+        let norm = |g: &[f32]| g.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32;
+        self.net.layout.tensors.iter().map(|t| norm(&grads[t.range()])).collect()
     }
 }

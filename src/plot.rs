@@ -13,7 +13,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::atomic::write_atomic;
 use crate::data::CLASSES;
-use crate::train::EpochReport;
+use crate::model::Layout;
+use crate::train::{EpochReport, GradNorms};
 
 const FONT: &[u8] = include_bytes!("assets/DejaVuSans-subset.ttf");
 const SIZE: (u32, u32) = (800, 500);
@@ -38,6 +39,55 @@ pub fn curves(dir: &Path, history: &[EpochReport]) -> Result<(), PlotError> {
     write_both(&dir.join("accuracy"), &LineChart { title: "Accuracy on test set", series: &acc_series })?;
     let loss_series = [("train loss", &train[..], RED), ("test loss", &test[..], BLUE)];
     write_both(&dir.join("loss"), &LineChart { title: "Loss", series: &loss_series })
+}
+
+/// Writes `<stem>.{png,svg}`: the test accuracy of several runs, one named curve each.
+pub fn accuracies(stem: &Path, title: &str, runs: &[(String, &[EpochReport])]) -> Result<(), PlotError> {
+    let points: Vec<Vec<(f64, f64)>> =
+        runs.iter().map(|(_, h)| h.iter().map(|r| (r.epoch as f64, r.test.accuracy)).collect()).collect();
+    let series: Vec<Series> = runs
+        .iter()
+        .zip(&points)
+        .enumerate()
+        .map(|(i, ((name, _), p))| {
+            let (r, g, b) = Palette99::pick(i).rgb();
+            (name.as_str(), &p[..], RGBColor(r, g, b))
+        })
+        .collect();
+    write_both(stem, &LineChart { title, series: &series })
+}
+
+/// Writes `grad_norms.{png,svg}` into `dir`: each weight tensor's gradient norm against the
+/// step, on a log scale, coloured from the input (blue) to the output (orange).
+pub fn grad_norms(dir: &Path, layout: &Layout, records: &[GradNorms]) -> Result<(), PlotError> {
+    let weights: Vec<(usize, &str)> = layout
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.name.ends_with(".weight"))
+        .map(|(i, t)| (i, t.name.trim_end_matches(".weight")))
+        .collect();
+    // Zero norms (a dead layer) have no place on a log axis.
+    let points: Vec<Vec<(f64, f64)>> = weights
+        .iter()
+        .map(|&(i, _)| records.iter().map(|r| (r.step as f64, f64::from(r.norms[i]))).filter(|p| p.1 > 0.0).collect())
+        .collect();
+    let last = weights.len().saturating_sub(1).max(1) as f64;
+    let series: Vec<Series> = weights
+        .iter()
+        .zip(&points)
+        .enumerate()
+        .map(|(k, (&(_, name), p))| (name, &p[..], blend(INPUT_END, OUTPUT_END, k as f64 / last)))
+        .collect();
+    write_both(&dir.join("grad_norms"), &LogChart { title: "Gradient L2 norm per layer", series: &series })
+}
+
+const INPUT_END: RGBColor = RGBColor(31, 58, 147);
+const OUTPUT_END: RGBColor = RGBColor(230, 85, 13);
+
+fn blend(a: RGBColor, b: RGBColor, t: f64) -> RGBColor {
+    let mix = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * t).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
 /// Writes `<stem>.png` and `<stem>.svg` of a confusion matrix.
@@ -82,6 +132,53 @@ struct LineChart<'a> {
 impl Picture for LineChart<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult<DB> {
         line_chart(root, self.title, self.series)
+    }
+}
+
+/// Lines against the training step on a log-scale y axis; with many lines, only some are named.
+struct LogChart<'a> {
+    title: &'a str,
+    series: &'a [Series<'a>],
+}
+
+/// Legend entries a chart has room for.
+const MAX_LEGEND: usize = 12;
+
+impl Picture for LogChart<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        root.fill(&WHITE)?;
+        let points = self.series.iter().flat_map(|s| s.1.iter());
+        let last_step = points.clone().map(|p| p.0).fold(1.0, f64::max);
+        let (lo, hi) = points.fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+        let (lo, hi) = if lo <= hi { (lo / 2.0, hi * 2.0) } else { (1e-8, 1.0) };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(self.title, ("sans-serif", 24))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..last_step, (lo..hi).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .light_line_style(WHITE)
+            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .label_style(("sans-serif", 15))
+            .draw()?;
+        let every = self.series.len().div_ceil(MAX_LEGEND).max(1);
+        for (k, &(name, data, color)) in self.series.iter().enumerate() {
+            let line = chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(1)))?;
+            if k % every == 0 || k + 1 == self.series.len() {
+                line.label(name).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .label_font(("sans-serif", 12))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()
     }
 }
 

@@ -12,16 +12,18 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::checkpoint::{self, CheckpointError};
-use crate::model::{Layout, Model};
+use crate::checkpoint::{self, CheckpointError, CheckpointFile};
+use crate::model::{Arch, Layout, Model, Net};
 use crate::train::{
-    batches_per_epoch, epoch_order, evaluate, train_epoch, DeviceSplit, EpochProgress, EpochReport, Event, Recipe,
+    batches_per_epoch, epoch_order, evaluate, train_epoch, DeviceSplit, EpochProgress, EpochReport, Event, GradNorms,
+    Recipe,
 };
 
 pub const LAST: &str = "last.safetensors";
 pub const BEST: &str = "best.safetensors";
 pub const STATE: &str = "train_state.safetensors";
 pub const METRICS: &str = "metrics.csv";
+pub const GRAD_NORMS: &str = "grad_norms.csv";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -37,6 +39,8 @@ pub enum SessionError {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     pub recipe: Recipe,
+    #[serde(default)]
+    pub arch: Arch,
     /// 0-based epoch in progress.
     pub epoch: usize,
     pub progress: EpochProgress,
@@ -45,6 +49,16 @@ pub struct TrainState {
     /// Training seconds already spent in the epoch in progress.
     pub seconds: f64,
     pub history: Vec<EpochReport>,
+    #[serde(default)]
+    pub grad_norms: Vec<GradNorms>,
+}
+
+/// A run read back from its directory.
+pub struct Saved {
+    pub session: Session,
+    pub net: Net,
+    pub params: Vec<f32>,
+    pub momentum: Vec<f32>,
 }
 
 /// How a run ended.
@@ -66,22 +80,24 @@ pub struct Session {
 
 impl Session {
     /// A new run in `dir`, created if needed; refuses a directory that holds another run.
-    pub fn create(dir: &Path, recipe: Recipe) -> Result<Self, SessionError> {
+    pub fn create(dir: &Path, recipe: Recipe, arch: Arch) -> Result<Self, SessionError> {
         if dir.join(STATE).exists() {
             return Err(SessionError::Occupied { dir: dir.into() });
         }
         std::fs::create_dir_all(dir).map_err(|source| SessionError::Write { path: dir.into(), source })?;
-        Ok(Session { dir: dir.into(), state: TrainState { recipe, ..TrainState::default() } })
+        Ok(Session { dir: dir.into(), state: TrainState { recipe, arch, ..TrainState::default() } })
     }
 
-    /// The run saved in `dir`, with its parameters and momentum, ready to upload.
-    pub fn resume(dir: &Path, layout: &Layout) -> Result<(Self, Vec<f32>, Vec<f32>), SessionError> {
+    /// The run saved in `dir`: its network, parameters and momentum, ready to upload.
+    pub fn resume(dir: &Path) -> Result<Saved, SessionError> {
         let path = dir.join(STATE);
-        let mut saved = checkpoint::load(&path, layout, &["param.", "momentum."])?;
-        let json = saved.metadata.get("state").ok_or_else(|| metadata_error(&path, "missing"))?;
-        let state: TrainState = serde_json::from_str(json).map_err(|e| metadata_error(&path, &e.to_string()))?;
-        let momentum = saved.params.split_off(layout.total);
-        Ok((Session { dir: dir.into(), state }, saved.params, momentum))
+        let file = CheckpointFile::open(&path)?;
+        let json: String = file.meta("state")?.ok_or_else(|| metadata_error(&path, "missing"))?;
+        let state: TrainState = serde_json::from_str(&json).map_err(|e| metadata_error(&path, &e.to_string()))?;
+        let net = Net::build(state.arch);
+        let mut params = file.read(&net.layout, &["param.", "momentum."])?;
+        let momentum = params.split_off(net.layout.total);
+        Ok(Saved { session: Session { dir: dir.into(), state }, net, params, momentum })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -105,7 +121,7 @@ impl Session {
 
     /// `last`, and `best` when this epoch beats every earlier one.
     fn save_checkpoints<B: Backend>(&self, model: &Model<B>, report: &EpochReport) -> Result<(), SessionError> {
-        let metadata = checkpoint_metadata(&self.state.recipe, report);
+        let metadata = checkpoint_metadata(&self.state.recipe, self.state.arch, report);
         let params = model.params();
         checkpoint::save_params(&self.path(LAST), &model.net.layout, &params, metadata.clone())?;
         if self.best().is_some_and(|best| best.epoch == report.epoch) {
@@ -114,10 +130,17 @@ impl Session {
         Ok(())
     }
 
-    fn write_metrics(&self) -> Result<(), SessionError> {
-        let path = self.path(METRICS);
-        crate::atomic::write_atomic(&path, metrics_csv(&self.state.history).as_bytes())
-            .map_err(|source| SessionError::Write { path, source })
+    fn write_metrics(&self, layout: &Layout) -> Result<(), SessionError> {
+        self.write(METRICS, &metrics_csv(&self.state.history))?;
+        if !self.state.grad_norms.is_empty() {
+            self.write(GRAD_NORMS, &grad_norms_csv(layout, &self.state.grad_norms))?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<(), SessionError> {
+        let path = self.path(name);
+        crate::atomic::write_atomic(&path, text.as_bytes()).map_err(|source| SessionError::Write { path, source })
     }
 }
 
@@ -126,13 +149,15 @@ fn metadata_error(path: &Path, problem: &str) -> SessionError {
 }
 
 /// What a model checkpoint records about where it came from.
-pub fn checkpoint_metadata(recipe: &Recipe, report: &EpochReport) -> HashMap<String, String> {
-    HashMap::from([
+pub fn checkpoint_metadata(recipe: &Recipe, arch: Arch, report: &EpochReport) -> HashMap<String, String> {
+    let mut metadata = HashMap::from([
         ("epoch".to_string(), report.epoch.to_string()),
         ("accuracy".to_string(), report.test.accuracy.to_string()),
         ("seed".to_string(), recipe.seed.to_string()),
         ("recipe".to_string(), serde_json::to_string(recipe).expect("the recipe serializes")),
-    ])
+    ]);
+    metadata.extend(checkpoint::arch_metadata(arch));
+    metadata
 }
 
 pub fn metrics_csv(history: &[EpochReport]) -> String {
@@ -142,6 +167,17 @@ pub fn metrics_csv(history: &[EpochReport]) -> String {
             "{},{:.6},{:.6},{:.2},{:.3},{:.1}\n",
             r.epoch, r.train_loss, r.test.loss, r.test.accuracy, r.seconds, r.images_per_s
         );
+    }
+    csv
+}
+
+/// One row per record: the step, the epoch, then each tensor's norm under its name.
+pub fn grad_norms_csv(layout: &Layout, records: &[GradNorms]) -> String {
+    let names: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
+    let mut csv = format!("step,epoch,{}\n", names.join(","));
+    for r in records {
+        let norms: Vec<String> = r.norms.iter().map(|n| format!("{n:e}")).collect();
+        csv += &format!("{},{},{}\n", r.step, r.epoch, norms.join(","));
     }
     csv
 }
@@ -168,7 +204,14 @@ pub fn run<B: Backend>(
         let epoch = session.state.epoch;
         let order = model.backend.upload_idx(&epoch_order(recipe.seed, epoch, train.len));
         let started = Instant::now();
-        let progress = train_epoch(model, train, &order, &recipe, epoch + 1, session.state.progress, stop, on_event);
+        let grad_norms = &mut session.state.grad_norms;
+        let progress =
+            train_epoch(model, train, &order, &recipe, epoch + 1, session.state.progress, stop, &mut |event| {
+                if let Event::GradNorms(record) = &event {
+                    grad_norms.push((*record).clone());
+                }
+                on_event(event);
+            });
         let state = &mut session.state;
         (state.progress, state.steps) = (progress, model.state.steps);
         state.seconds += started.elapsed().as_secs_f64();
@@ -189,7 +232,7 @@ pub fn run<B: Backend>(
         // Checkpoints before state: a kill in between redoes the epoch, to the same result.
         session.save_checkpoints(model, &report)?;
         session.save_state(model)?;
-        session.write_metrics()?;
+        session.write_metrics(&model.net.layout)?;
     }
     Ok(Outcome::Finished)
 }

@@ -12,7 +12,8 @@ use crate::backend::Backend;
 use crate::data::Split;
 use crate::model::Model;
 
-/// The optimization recipe; the defaults are the reference tutorial's.
+/// The optimization recipe, and what is recorded along the way; the defaults are the
+/// reference tutorial's.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
     pub epochs: usize,
@@ -20,11 +21,14 @@ pub struct Recipe {
     pub lr: f32,
     pub momentum: f32,
     pub seed: u64,
+    /// Record every parameter tensor's gradient norm after every this many steps (0: never).
+    #[serde(default)]
+    pub grad_norm_every: usize,
 }
 
 impl Default for Recipe {
     fn default() -> Self {
-        Recipe { epochs: 20, batch_size: 64, lr: 0.01, momentum: 0.5, seed: 0 }
+        Recipe { epochs: 20, batch_size: 64, lr: 0.01, momentum: 0.5, seed: 0, grad_norm_every: 0 }
     }
 }
 
@@ -69,6 +73,17 @@ pub enum Event<'a> {
         loss: f64,
     },
     Epoch(&'a EpochReport),
+    /// Every parameter tensor's gradient L2 norm, as [`Recipe::grad_norm_every`] asks.
+    GradNorms(&'a GradNorms),
+}
+
+/// The gradient L2 norm of each parameter tensor, in layout order, after optimizer step `step`
+/// (1-based, counted over the whole run) in epoch `epoch` (1-based).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GradNorms {
+    pub step: u64,
+    pub epoch: usize,
+    pub norms: Vec<f32>,
 }
 
 /// The order examples are visited in during `epoch` (0-based): a fresh permutation per epoch,
@@ -131,6 +146,9 @@ pub fn train_epoch<B: Backend>(
         let batch = recipe.batch_size.min(train.len - start);
         model.backend.gather(&train.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);
         model.train_step(batch, recipe.lr, recipe.momentum);
+        if recipe.grad_norm_every > 0 && model.state.steps % recipe.grad_norm_every as u64 == 0 {
+            on_event(Event::GradNorms(&GradNorms { step: model.state.steps, epoch, norms: model.grad_norms() }));
+        }
         window += batch;
         progress.batches += 1;
         on_event(Event::Step { epoch, batch: progress.batches, batches: total });

@@ -213,6 +213,17 @@ fn gather_matches_cpu() {
 
 /// Trains `steps` batches (the last one short) on both backends; returns parameters and stats.
 fn train<B: Backend>(backend: B, arch: Arch, data: &(Vec<u8>, Vec<u8>), batches: &[usize]) -> (Vec<f32>, f64, u64) {
+    let (params, loss, correct, _) = train_on(backend, arch, data, batches);
+    (params, loss, correct)
+}
+
+/// [`train`], handing the backend back.
+fn train_on<B: Backend>(
+    backend: B,
+    arch: Arch,
+    data: &(Vec<u8>, Vec<u8>),
+    batches: &[usize],
+) -> (Vec<f32>, f64, u64, B) {
     let (images, labels) = data;
     let net = Net::build(arch);
     let init = net.layout.init(7);
@@ -227,7 +238,7 @@ fn train<B: Backend>(backend: B, arch: Arch, data: &(Vec<u8>, Vec<u8>), batches:
         start += batch;
     }
     let stats = model.take_stats();
-    (model.params(), stats.loss_sum, stats.correct)
+    (model.params(), stats.loss_sum, stats.correct, model.into_backend())
 }
 
 #[test]
@@ -259,4 +270,16 @@ fn every_block_variant_trains_like_cpu() {
         assert_close(&format!("{arch}: parameters after 2 steps"), &gpu_params, &cpu_params);
         assert!((gpu_loss - cpu_loss).abs() <= 1e-4 * cpu_loss, "{arch}: loss {gpu_loss} vs {cpu_loss}");
     }
+}
+
+/// A backend handed from one model to the next replays none of the first one's graphs.
+#[test]
+fn a_reused_backend_forgets_the_graphs_of_the_last_model() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let data = tiny_dataset(&mut rng, 9);
+    let batches = [3, 3, 3];
+    let (_, _, _, reused) = train_on(emulated(true), Arch::default(), &data, &batches);
+    let (again, ..) = train_on(reused, Arch::default(), &data, &batches);
+    let (fresh, ..) = train_on(emulated(true), Arch::default(), &data, &batches);
+    assert_eq!(again, fresh);
 }

@@ -7,11 +7,13 @@ use std::path::Path;
 use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::checkpoint;
 use resnet_mnist::data::{Split, IMAGE_PIXELS};
-use resnet_mnist::model::{Model, Net};
-use resnet_mnist::session::{self, Outcome, Session, TrainState, BEST, LAST, METRICS};
+use resnet_mnist::model::{Arch, BlockKind, Model, Net};
+use resnet_mnist::session::{self, Outcome, Saved, Session, TrainState, BEST, GRAD_NORMS, LAST, METRICS};
 use resnet_mnist::train::{DeviceSplit, Evaluation, Recipe};
 
-const RECIPE: Recipe = Recipe { epochs: 2, batch_size: 32, lr: 0.05, momentum: 0.5, seed: 3 };
+const RECIPE: Recipe = Recipe { epochs: 2, batch_size: 32, lr: 0.05, momentum: 0.5, seed: 3, grad_norm_every: 2 };
+/// Not the reference network, so that resuming has to rebuild it from the saved state.
+const ARCH: Arch = Arch { block: BlockKind::Preact, depth: 2 };
 
 /// Digit-like noise: each class a bright bar at its own rows, plus noise.
 fn synthetic(len: usize, salt: u64) -> Split {
@@ -33,15 +35,16 @@ fn synthetic(len: usize, salt: u64) -> Split {
 /// Runs from wherever `dir` stands (fresh if empty), stopping once `stop_after` steps ran.
 fn run(dir: &Path, resume: bool, stop_after: usize) -> (Outcome, TrainState, Vec<f32>) {
     let (train, test) = (synthetic(160, 1), synthetic(50, 2));
-    let net = Net::new();
     let (mut session, mut model) = if resume {
-        let (session, params, momentum) = Session::resume(dir, &net.layout).unwrap();
+        let Saved { session, net, params, momentum } = Session::resume(dir).unwrap();
+        assert_eq!(net.arch, ARCH);
         let mut model = Model::new(CpuBackend::new(2).unwrap(), net, &params, 64);
         session::restore_optimizer(&mut model, &session.state, &momentum);
         (session, model)
     } else {
+        let net = Net::build(ARCH);
         let params = net.layout.init(RECIPE.seed);
-        (Session::create(dir, RECIPE).unwrap(), Model::new(CpuBackend::new(2).unwrap(), net, &params, 64))
+        (Session::create(dir, RECIPE, ARCH).unwrap(), Model::new(CpuBackend::new(2).unwrap(), net, &params, 64))
     };
     let (train, test) = (DeviceSplit::new(&model.backend, &train), DeviceSplit::new(&model.backend, &test));
     let calls = Cell::new(0);
@@ -68,17 +71,22 @@ fn assert_resume_matches(steps: usize) {
     assert_eq!(outcome, Outcome::Finished);
     assert_eq!(bits(&params), bits(&expected_params), "parameters after resuming at step {steps}");
     assert_eq!(resumed.steps, expected.steps);
+    assert_eq!(resumed.grad_norms, expected.grad_norms, "gradient norms recorded across the stop");
+    assert_eq!(resumed.grad_norms.len(), 5, "every second of 10 steps");
     for (a, b) in resumed.history.iter().zip(&expected.history) {
         assert_eq!(a.test, Evaluation { seconds: a.test.seconds, ..b.test }, "epoch {}", a.epoch);
         // The split epoch sums its losses in two parts, which may round differently.
         assert!((a.train_loss - b.train_loss).abs() <= 1e-12 * b.train_loss, "epoch {}", a.epoch);
     }
-    let layout = Net::new().layout;
     for name in [LAST, BEST] {
-        checkpoint::load_params(&interrupted.path().join(name), &layout).unwrap();
+        let (net, _) = checkpoint::load_net(&interrupted.path().join(name)).unwrap();
+        assert_eq!(net.arch, ARCH, "{name} records the network");
     }
     let csv = std::fs::read_to_string(interrupted.path().join(METRICS)).unwrap();
     assert_eq!(csv.lines().count(), 1 + RECIPE.epochs, "{csv}");
+    let norms = std::fs::read_to_string(interrupted.path().join(GRAD_NORMS)).unwrap();
+    assert_eq!(norms.lines().count(), 1 + 5, "{norms}");
+    assert!(norms.starts_with("step,epoch,conv1.weight,conv1.bias,stage1.0.conv1.weight,"), "{norms}");
 }
 
 #[test]
@@ -95,6 +103,6 @@ fn resume_between_epochs_matches_an_uninterrupted_run() {
 fn a_directory_with_a_run_is_not_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     run(dir.path(), false, 1);
-    let err = Session::create(dir.path(), RECIPE).err().expect("refused");
+    let err = Session::create(dir.path(), RECIPE, ARCH).err().expect("refused");
     assert!(err.to_string().contains("--resume"), "{err}");
 }

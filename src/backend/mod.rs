@@ -270,4 +270,8 @@ pub trait Backend {
         let _ = key;
         step();
     }
+
+    /// Forgets every step [`Backend::run_step`] recorded, because the buffers they ran on are
+    /// about to be freed.
+    fn forget_steps(&self) {}
 }

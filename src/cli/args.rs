@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use resnet_mnist::data::DatasetKind;
+use resnet_mnist::model::{Arch, BlockKind};
 use resnet_mnist::train::{Recipe, EVAL_BATCH};
 
 #[derive(Parser, Debug)]
@@ -30,6 +31,9 @@ pub enum Command {
     Samples(SamplesArgs),
     /// Training and evaluation throughput on preloaded data.
     Bench(BenchArgs),
+    /// Train several block variants and depths with one seed and recipe; writes a Markdown
+    /// table (best and last accuracy, first epoch at --target, seconds) and one accuracy plot.
+    Compare(CompareArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -62,8 +66,26 @@ pub struct CommonArgs {
     pub seed: u64,
 }
 
+/// Which network: the residual unit and how many blocks each stage stacks.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ArchArgs {
+    /// Residual unit of every block (He et al. 2016, "Identity Mappings in Deep Residual Networks")
+    #[arg(long, value_enum, default_value_t = BlockKind::Original)]
+    pub block: BlockKind,
+    /// Blocks per stage (1 = the reference network).
+    #[arg(long, default_value_t = 1, value_parser = depth)]
+    pub depth: usize,
+}
+
+impl ArchArgs {
+    pub fn arch(&self) -> Arch {
+        Arch { block: self.block, depth: self.depth }
+    }
+}
+
+/// How to train, shared by `train` and `compare`.
 #[derive(Args, Debug, Clone)]
-pub struct TrainArgs {
+pub struct RecipeArgs {
     #[arg(long, default_value_t = Recipe::default().epochs as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub epochs: u32,
     #[arg(long, default_value_t = Recipe::default().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
@@ -74,29 +96,76 @@ pub struct TrainArgs {
     /// SGD momentum, in [0, 1).
     #[arg(long, default_value_t = Recipe::default().momentum, value_parser = momentum, allow_negative_numbers = true)]
     pub momentum: f32,
+    /// Record every parameter tensor's gradient L2 norm every STEPS steps, into grad_norms.csv
+    /// and a log-scale plot per layer.
+    #[arg(long, value_name = "STEPS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub grad_norms: Option<u32>,
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RecipeArgs {
+    pub fn recipe(&self, seed: u64) -> Recipe {
+        Recipe {
+            epochs: self.epochs as usize,
+            batch_size: self.batch_size as usize,
+            lr: self.lr,
+            momentum: self.momentum,
+            seed,
+            grad_norm_every: self.grad_norms.map_or(0, |k| k as usize),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub arch: ArchArgs,
     /// Run directory for checkpoints, metrics.csv and curves [default: runs/<UTC timestamp>]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Continue the interrupted run in DIR with its saved recipe (recipe flags are ignored).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
-    /// Plain log lines instead of a progress bar.
-    #[arg(long)]
-    pub quiet: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 impl TrainArgs {
     pub fn recipe(&self) -> Recipe {
-        Recipe {
-            epochs: self.epochs as usize,
-            batch_size: self.batch_size as usize,
-            lr: self.lr,
-            momentum: self.momentum,
-            seed: self.common.seed,
-        }
+        self.recipe.recipe(self.common.seed)
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Block variants to train, comma-separated [default: all]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub blocks: Vec<BlockKind>,
+    /// Blocks per stage to train each variant at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = depth)]
+    pub depths: Vec<usize>,
+    /// Test accuracy (%) whose first epoch the table reports.
+    #[arg(long, default_value_t = 99.0, value_parser = percent)]
+    pub target: f64,
+    /// Train on the first N training examples only.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub train_subset: Option<u32>,
+    /// Test on the first N test examples only.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub test_subset: Option<u32>,
+    /// Directory for compare.md, the accuracy plot and one run directory per network; an
+    /// interrupted comparison continues when run again with the same flags
+    /// [default: runs/compare-<UTC timestamp>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -148,6 +217,8 @@ pub struct BenchArgs {
     /// Batch size of the timed test-set pass (at least --batch-size: one workspace serves both).
     #[arg(long, default_value_t = EVAL_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub eval_batch: u32,
+    #[command(flatten)]
+    pub arch: ArchArgs,
     /// Timed runs; the median is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeats: u32,
@@ -162,6 +233,22 @@ fn positive(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         Ok(_) => Err(format!("{s} is not a positive finite number")),
+        Err(e) => Err(format!("{s} is not a number: {e}")),
+    }
+}
+
+fn depth(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if (1..=Arch::MAX_DEPTH).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{s} is outside 1..={}", Arch::MAX_DEPTH)),
+        Err(e) => Err(format!("{s} is not a whole number: {e}")),
+    }
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{s} is outside [0, 100]")),
         Err(e) => Err(format!("{s} is not a number: {e}")),
     }
 }

@@ -11,8 +11,8 @@ use resnet_mnist::backend::Backend;
 use resnet_mnist::checkpoint::{self, Checkpoint};
 use resnet_mnist::data::{Dataset, IMAGE_PIXELS};
 use resnet_mnist::inference::{self, argmax};
-use resnet_mnist::model::{Model, Net};
-use resnet_mnist::session::{self, Outcome, Session};
+use resnet_mnist::model::{Arch, Model, Net};
+use resnet_mnist::session::{self, Outcome, Saved, Session};
 use resnet_mnist::train::{DeviceSplit, Recipe, EVAL_BATCH};
 use resnet_mnist::{digit, plot};
 
@@ -22,34 +22,48 @@ use super::progress::Reporter;
 
 /// A fresh run in `--out`, or the run in `--resume DIR` with its momentum and position.
 fn start<B: Backend>(backend: B, args: &TrainArgs) -> Result<(Session, Model<B>)> {
-    let capacity = |recipe: &Recipe| recipe.batch_size.max(EVAL_BATCH);
     let Some(dir) = &args.resume else {
-        let recipe = args.recipe();
-        let dir = args.out.clone().unwrap_or_else(default_run_dir);
-        return Ok((Session::create(&dir, recipe)?, fresh_model(backend, recipe.seed, capacity(&recipe))));
+        let (recipe, arch) = (args.recipe(), args.arch.arch());
+        let dir = args.out.clone().unwrap_or_else(|| default_run_dir(""));
+        return Ok((Session::create(&dir, recipe, arch)?, fresh_model(backend, arch, recipe.seed, capacity(&recipe))));
     };
-    let net = Net::new();
-    let (session, params, momentum) =
-        Session::resume(dir, &net.layout).with_context(|| format!("cannot resume the run in {}", dir.display()))?;
+    let saved = Session::resume(dir).with_context(|| format!("cannot resume the run in {}", dir.display()))?;
     // Flags equal to the defaults may just be unset, so only a changed recipe is worth a word.
-    let (asked, saved) = (args.recipe(), session.state.recipe);
-    if asked != Recipe::default() && asked != saved {
-        tracing::warn!("--resume continues with the saved recipe {saved:?}; the recipe flags given are ignored");
+    let (asked, state) = (args.recipe(), &saved.session.state);
+    if (asked != Recipe::default() && asked != state.recipe)
+        || (args.arch.arch() != Arch::default() && args.arch.arch() != state.arch)
+    {
+        tracing::warn!(
+            "--resume continues with the saved recipe {:?} and network ({}); the flags given are ignored",
+            state.recipe,
+            state.arch
+        );
     }
-    let mut model = Model::new(backend, net, &params, capacity(&session.state.recipe));
-    session::restore_optimizer(&mut model, &session.state, &momentum);
-    Ok((session, model))
+    Ok(resumed(backend, saved))
 }
 
-/// `runs/<UTC time>`, with `-` for `:` so the name is valid everywhere.
-fn default_run_dir() -> PathBuf {
+/// Workspace capacity: the training batch, and the test pass's.
+pub(super) fn capacity(recipe: &Recipe) -> usize {
+    recipe.batch_size.max(EVAL_BATCH)
+}
+
+/// The model of a saved run, with its momentum and step count restored.
+pub(super) fn resumed<B: Backend>(backend: B, saved: Saved) -> (Session, Model<B>) {
+    let Saved { session, net, params, momentum } = saved;
+    let mut model = Model::new(backend, net, &params, capacity(&session.state.recipe));
+    session::restore_optimizer(&mut model, &session.state, &momentum);
+    (session, model)
+}
+
+/// `runs/<prefix><UTC time>`, with `-` for `:` so the name is valid everywhere.
+pub(super) fn default_run_dir(prefix: &str) -> PathBuf {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    PathBuf::from("runs").join(now.replace(':', "-"))
+    PathBuf::from("runs").join(format!("{prefix}{}", now.replace(':', "-")))
 }
 
 /// A flag the first Ctrl-C raises so training stops after the step in flight; a second one
 /// exits at once for a user who does not want to wait.
-fn stop_flag() -> Result<Arc<AtomicBool>> {
+pub(super) fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || {
@@ -70,7 +84,8 @@ pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Res
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "Training on {}: {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}; run directory {}",
+        "Training {} on {}: {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}; run directory {}",
+        model.net.arch,
         model.backend.name(),
         dataset.kind,
         train.len,
@@ -88,26 +103,10 @@ pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Res
     }
     drop(out);
     let stop = stop_flag()?;
-    let mut reporter = Reporter::new(args.quiet, recipe.batch_size);
-    let mut written = Ok(());
-    let outcome = session::run(&mut session, &mut model, &train, &test, &|| stop.load(Ordering::SeqCst), &mut |e| {
-        if written.is_ok() {
-            written = reporter.handle(&e);
-        }
-    })?;
-    reporter.finish();
-    written?;
-    finish(&session, outcome)
-}
-
-fn finish(session: &Session, outcome: Outcome) -> Result<()> {
-    let history = &session.state.history;
-    if !history.is_empty() {
-        plot::curves(&session.dir, history)?;
-    }
+    let outcome = run_session(&mut session, &mut model, (&train, &test), args.recipe.quiet, &stop)?;
     let mut out = std::io::stdout().lock();
     match outcome {
-        Outcome::Finished => print_summary(&mut out, history)?,
+        Outcome::Finished => print_summary(&mut out, &session.state.history)?,
         Outcome::Stopped { epoch, batch } => writeln!(
             out,
             "Stopped in epoch {} after batch {batch}; saved. Continue with: resnet-mnist train --resume {}",
@@ -119,23 +118,45 @@ fn finish(session: &Session, outcome: Outcome) -> Result<()> {
     Ok(())
 }
 
-fn load_checkpoint(path: &Path) -> Result<(Net, Checkpoint)> {
-    let net = Net::new();
-    let checkpoint = checkpoint::load_params(path, &net.layout)?;
-    Ok((net, checkpoint))
+/// Trains from wherever `session` stands, reporting as it goes, until the recipe ends or
+/// `stop` is raised; then draws the curves of the epochs run so far.
+pub(super) fn run_session<B: Backend>(
+    session: &mut Session,
+    model: &mut Model<B>,
+    (train, test): (&DeviceSplit<B>, &DeviceSplit<B>),
+    quiet: bool,
+    stop: &AtomicBool,
+) -> Result<Outcome> {
+    let mut reporter = Reporter::new(quiet, session.state.recipe.batch_size);
+    let mut written = Ok(());
+    let outcome = session::run(session, model, train, test, &|| stop.load(Ordering::SeqCst), &mut |e| {
+        if written.is_ok() {
+            written = reporter.handle(&e);
+        }
+    })?;
+    reporter.finish();
+    written?;
+    let state = &session.state;
+    if !state.history.is_empty() {
+        plot::curves(&session.dir, &state.history)?;
+    }
+    if !state.grad_norms.is_empty() {
+        plot::grad_norms(&session.dir, &model.net.layout, &state.grad_norms)?;
+    }
+    Ok(outcome)
 }
 
 /// What the checkpoint says about itself, for the report's first line.
-fn describe(path: &Path, checkpoint: &Checkpoint) -> Result<String> {
+fn describe(path: &Path, net: &Net, checkpoint: &Checkpoint) -> Result<String> {
     let epoch: Option<usize> = checkpoint.meta(path, "epoch")?;
     Ok(match epoch {
-        Some(epoch) => format!("{} (epoch {epoch})", path.display()),
-        None => path.display().to_string(),
+        Some(epoch) => format!("{} (epoch {epoch}, {})", path.display(), net.arch),
+        None => format!("{} ({})", path.display(), net.arch),
     })
 }
 
 pub fn eval_checkpoint<B: Backend>(backend: B, dataset: &Dataset, path: &Path, plot: Option<&Path>) -> Result<()> {
-    let (net, checkpoint) = load_checkpoint(path)?;
+    let (net, checkpoint) = checkpoint::load_net(path)?;
     let mut model = Model::new(backend, net, &checkpoint.params, EVAL_BATCH);
     let report = inference::report(&mut model, &dataset.test);
     let e = &report.evaluation;
@@ -147,7 +168,7 @@ pub fn eval_checkpoint<B: Backend>(backend: B, dataset: &Dataset, path: &Path, p
         e.correct,
         e.total,
         e.loss,
-        describe(path, &checkpoint)?,
+        describe(path, &model.net, &checkpoint)?,
         dataset.kind,
         model.backend.name()
     )?;
@@ -168,7 +189,7 @@ pub fn eval_checkpoint<B: Backend>(backend: B, dataset: &Dataset, path: &Path, p
 }
 
 pub fn predict<B: Backend>(backend: B, args: &PredictArgs) -> Result<()> {
-    let (net, checkpoint) = load_checkpoint(&args.checkpoint)?;
+    let (net, checkpoint) = checkpoint::load_net(&args.checkpoint)?;
     let images: Vec<[u8; IMAGE_PIXELS]> = args.images.iter().map(|p| digit::load(p)).collect::<Result<_, _>>()?;
     let mut model = Model::new(backend, net, &checkpoint.params, images.len().min(EVAL_BATCH));
     let mut out = std::io::stdout().lock();

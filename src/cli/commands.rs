@@ -9,11 +9,11 @@ use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::cuda::{hw::CudarcDevice, CudaBackend};
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::{self, Dataset, LoadOptions};
-use resnet_mnist::model::{Model, Net};
+use resnet_mnist::model::{Arch, Model, Net};
 use resnet_mnist::train::{self, epoch_order, DeviceSplit, EpochReport, Event, Recipe, EVAL_BATCH};
 
-use super::args::{BenchArgs, Cli, Command, CommonArgs, Device, EvalArgs, PredictArgs, TrainArgs};
-use super::artifacts;
+use super::args::{BenchArgs, Cli, Command, CommonArgs, CompareArgs, Device, EvalArgs, PredictArgs, TrainArgs};
+use super::{artifacts, compare};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Train(cli.train)) {
@@ -21,6 +21,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => on_device(&args.common, &args),
         Command::Bench(args) => on_device(&args.common, &args),
         Command::Predict(args) => on_device(&args.common, &args),
+        Command::Compare(args) => on_device(&args.common, &args),
         Command::Samples(args) => artifacts::samples(&load_data(&args.common)?, &args),
     }
 }
@@ -80,8 +81,8 @@ fn load_data(common: &CommonArgs) -> Result<Dataset> {
     Ok(dataset)
 }
 
-pub(super) fn fresh_model<B: Backend>(backend: B, seed: u64, capacity: usize) -> Model<B> {
-    let net = Net::new();
+pub(super) fn fresh_model<B: Backend>(backend: B, arch: Arch, seed: u64, capacity: usize) -> Model<B> {
+    let net = Net::build(arch);
     let params = net.layout.init(seed);
     Model::new(backend, net, &params, capacity)
 }
@@ -89,6 +90,12 @@ pub(super) fn fresh_model<B: Backend>(backend: B, seed: u64, capacity: usize) ->
 impl OnBackend for TrainArgs {
     fn run<B: Backend>(&self, backend: B) -> Result<()> {
         artifacts::train(backend, &load_data(&self.common)?, self)
+    }
+}
+
+impl OnBackend for CompareArgs {
+    fn run<B: Backend>(&self, backend: B) -> Result<()> {
+        compare::compare(backend, load_data(&self.common)?, self)
     }
 }
 
@@ -112,7 +119,7 @@ impl OnBackend for PredictArgs {
 
 pub(super) fn print_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
     match event {
-        Event::Step { .. } => Ok(()),
+        Event::Step { .. } | Event::GradNorms(_) => Ok(()),
         Event::RunningLoss { epoch, batch, loss } => writeln!(out, "[{epoch}, {batch:5}] loss: {loss:.3}"),
         Event::Epoch(r) => writeln!(
             out,
@@ -146,7 +153,7 @@ fn eval<B: Backend>(args: &EvalArgs, backend: B) -> Result<()> {
     if let Some(path) = &args.checkpoint {
         return artifacts::eval_checkpoint(backend, &dataset, path, args.plot.as_deref());
     }
-    let mut model = fresh_model(backend, args.common.seed, EVAL_BATCH);
+    let mut model = fresh_model(backend, Arch::default(), args.common.seed, EVAL_BATCH);
     let test = DeviceSplit::new(&model.backend, &dataset.test);
     let e = train::evaluate(&mut model, &test);
     writeln!(
@@ -177,7 +184,7 @@ fn bench<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
     let (batch, steps) = (args.batch_size as usize, args.steps as usize);
     // One workspace serves both passes, and evaluation fills it.
     let eval_batch = batch.max(args.eval_batch as usize);
-    let mut model = fresh_model(backend, args.common.seed, eval_batch);
+    let mut model = fresh_model(backend, args.arch.arch(), args.common.seed, eval_batch);
     let train_split = DeviceSplit::new(&model.backend, &dataset.train);
     let test_split = DeviceSplit::new(&model.backend, &dataset.test);
     let recipe = Recipe { batch_size: batch, ..Recipe::default() };
@@ -208,11 +215,19 @@ fn bench<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
     if args.json {
         writeln!(
             out,
-            "{{\"device\":\"{}\",\"threads\":{threads},\"batch\":{batch},\"eval_batch\":{eval_batch},\"steps\":{steps},\"train_images_per_s\":{train_rate:.1},\"eval_images_per_s\":{eval_rate:.1},\"train_gflops\":{train_gflops:.2},\"eval_gflops\":{eval_gflops:.2}}}",
-            model.backend.name()
+            "{{\"device\":\"{}\",\"block\":\"{}\",\"depth\":{},\"threads\":{threads},\"batch\":{batch},\"eval_batch\":{eval_batch},\"steps\":{steps},\"train_images_per_s\":{train_rate:.1},\"eval_images_per_s\":{eval_rate:.1},\"train_gflops\":{train_gflops:.2},\"eval_gflops\":{eval_gflops:.2}}}",
+            model.backend.name(),
+            model.net.arch.block,
+            model.net.arch.depth
         )?;
     } else {
-        writeln!(out, "{} — batch {batch}, {steps} steps × {} repeats (median)", model.backend.name(), args.repeats)?;
+        writeln!(
+            out,
+            "{} — {}, batch {batch}, {steps} steps × {} repeats (median)",
+            model.backend.name(),
+            model.net.arch,
+            args.repeats
+        )?;
         writeln!(out, "train: {train_rate:10.0} images/s  {train_gflops:7.1} GFLOP/s")?;
         writeln!(out, "eval:  {eval_rate:10.0} images/s  {eval_gflops:7.1} GFLOP/s  (batch {eval_batch})")?;
     }

@@ -3,4 +3,5 @@
 pub mod args;
 mod artifacts;
 pub mod commands;
+mod compare;
 mod progress;

@@ -42,6 +42,7 @@ impl Reporter {
                 bar.set_message(format!("loss {loss}  {rate} images/s"));
             }
             Event::RunningLoss { loss: l, .. } => *loss = Some(l),
+            Event::GradNorms(_) => {}
             Event::Epoch(_) => {
                 if let Some((bar, ..)) = bar.take() {
                     bar.finish_and_clear();

@@ -93,6 +93,12 @@ impl Split {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// Keeps the first `len` examples (all of them if there are fewer).
+    pub fn truncate(&mut self, len: usize) {
+        self.labels.truncate(len);
+        self.images.truncate(self.labels.len() * IMAGE_PIXELS);
+    }
 }
 
 #[derive(Clone, Debug)]

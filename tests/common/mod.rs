@@ -16,7 +16,7 @@ pub fn train_run<B: Backend>(
     recipe: Recipe,
 ) -> Vec<EpochReport> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut session = Session::create(dir.path(), recipe).expect("run directory");
+    let mut session = Session::create(dir.path(), recipe, model.net.arch).expect("run directory");
     let outcome = session::run(&mut session, model, train, test, &|| false, &mut |_| {}).expect("training");
     assert!(matches!(outcome, Outcome::Finished));
     session.state.history

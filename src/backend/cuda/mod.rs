@@ -448,4 +448,12 @@ impl<D: Device> Backend for CudaBackend<D> {
             None => step(),
         }
     }
+
+    fn forget_steps(&self) {
+        if let Some(cache) = &self.graphs {
+            let mut cache = cache.borrow_mut();
+            cache.seen.clear();
+            cache.graphs.clear();
+        }
+    }
 }

@@ -1,0 +1,50 @@
+//! The comparison of block variants and depths: one finished run per network, summed up in a
+//! Markdown table.
+
+use crate::model::Arch;
+use crate::train::EpochReport;
+
+/// One network's run.
+pub struct Run<'a> {
+    pub arch: Arch,
+    pub params: usize,
+    pub history: &'a [EpochReport],
+}
+
+impl Run<'_> {
+    /// The earliest epoch with the best test accuracy.
+    fn best(&self) -> Option<&EpochReport> {
+        self.history.iter().reduce(|best, r| if r.test.accuracy > best.test.accuracy { r } else { best })
+    }
+
+    /// The first epoch whose test accuracy reaches `target` (%).
+    fn reaching(&self, target: f64) -> Option<usize> {
+        self.history.iter().find(|r| r.test.accuracy >= target).map(|r| r.epoch)
+    }
+}
+
+/// A Markdown table, one row per run: test accuracy (best, with its epoch, and last), the first
+/// epoch at `target` %, training seconds and throughput.
+pub fn markdown_table(runs: &[Run], target: f64) -> String {
+    let mut table = format!(
+        "| block | depth | parameters | best test accuracy | last test accuracy | first epoch ≥ {target} % | training s | images/s |\n"
+    );
+    table += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    for run in runs {
+        let (Some(best), Some(last)) = (run.best(), run.history.last()) else { continue };
+        let seconds: f64 = run.history.iter().map(|r| r.seconds).sum();
+        let images: f64 = run.history.iter().map(|r| r.images_per_s * r.seconds).sum();
+        let reaching = run.reaching(target).map_or("never".to_string(), |e| e.to_string());
+        table += &format!(
+            "| {} | {} | {} | {:.2} % (epoch {}) | {:.2} % | {reaching} | {seconds:.1} | {:.0} |\n",
+            run.arch.block,
+            run.arch.depth,
+            run.params,
+            best.test.accuracy,
+            best.epoch,
+            last.test.accuracy,
+            images / seconds
+        );
+    }
+    table
+}
