@@ -161,6 +161,7 @@ impl Picture for LogChart<'_> {
             .configure_mesh()
             .x_desc("step")
             .light_line_style(WHITE)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| format!("{v:.0e}"))
             .label_style(("sans-serif", 15))
             .draw()?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::checkpoint::{self, CheckpointError};
-use resnet_mnist::model::{Model, Net, CLASSES};
+use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -182,4 +182,50 @@ fn bad_metadata_value() {
     let loaded = checkpoint::load_params(&path, &net.layout).unwrap();
     let err = loaded.meta::<usize>(&path, "epoch").unwrap_err();
     assert!(err.to_string().contains("epoch") && err.to_string().contains("three"), "{err}");
+}
+
+/// Deeper stacks use `stageS.I.*` names, the 1×1 shortcut its own; depth 1 keeps the reference's.
+#[test]
+fn layouts_name_every_variant_and_depth() {
+    let names = |arch: Arch| Net::build(arch).layout.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    let reference = names(Arch::default());
+    assert_eq!(
+        reference[2..6],
+        ["rblock1.conv1.weight", "rblock1.conv1.bias", "rblock1.conv2.weight", "rblock1.conv2.bias"]
+    );
+    for block in [BlockKind::Plain, BlockKind::ReluBeforeAdd, BlockKind::Preact, BlockKind::Scaled] {
+        assert_eq!(names(Arch { block, depth: 1 }), reference, "{block} has the reference's tensors");
+    }
+    let net = Net::build(Arch { block: BlockKind::ConvShortcut, depth: 3 });
+    let shortcut = net.layout.get("stage2.2.shortcut.weight").expect("named shortcut");
+    assert_eq!(shortcut.shape, [32, 32, 1, 1]);
+    assert_eq!(net.layout.get("stage1.0.conv2.weight").unwrap().shape, [16, 16, 3, 3]);
+    assert!(net.layout.get("rblock1.conv1.weight").is_none());
+    // conv1, 3 blocks × 3 layers, conv2, 3 × 3, fc; a weight and a bias each.
+    assert_eq!(net.layout.tensors.len(), 2 * (1 + 9 + 1 + 9 + 1));
+    let depth1 = Net::build(Arch { block: BlockKind::ConvShortcut, depth: 1 });
+    assert!(depth1.layout.get("rblock2.shortcut.bias").is_some());
+}
+
+/// A checkpoint rebuilds its own network; one without the keys (saved by PyTorch) is the reference.
+#[test]
+fn checkpoints_record_their_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep.safetensors");
+    let arch = Arch { block: BlockKind::Preact, depth: 3 };
+    let net = Net::build(arch);
+    let params = net.layout.init(4);
+    checkpoint::save_params(&path, &net.layout, &params, checkpoint::arch_metadata(arch).into()).unwrap();
+    let (loaded, file) = checkpoint::load_net(&path).unwrap();
+    assert_eq!((loaded.arch, &file.params), (arch, &params));
+    let (reference, _) = checkpoint::load_net(&fixture("pytorch_state_dict.safetensors")).unwrap();
+    assert_eq!(reference.arch, Arch::default());
+
+    for (key, value, problem) in [("depth", "0", "outside 1..=64"), ("block", "resnext", "resnext")] {
+        let mut metadata: HashMap<String, String> = checkpoint::arch_metadata(arch).into();
+        metadata.insert(key.into(), value.into());
+        checkpoint::save_params(&path, &net.layout, &params, metadata).unwrap();
+        let err = checkpoint::load_net(&path).expect_err("bad metadata is refused").to_string();
+        assert!(err.contains(key) && err.contains(problem) && err.contains("deep.safetensors"), "{err}");
+    }
 }

@@ -169,3 +169,51 @@ fn predict_reports_bad_images() {
         .failure()
         .stderr(contains("IMAGE"));
 }
+
+#[test]
+fn compare_trains_each_network_and_writes_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("compare"));
+    std::fs::create_dir(&data).unwrap();
+    write_dataset(&data);
+    let compare = |epochs: &str| {
+        let mut c = cmd("compare", &data);
+        c.args(["--blocks", "original,conv-shortcut", "--depths", "1,2", "--epochs", epochs, "--quiet"])
+            .args(["--train-subset", "64", "--test-subset", "20", "--grad-norms", "1", "--out"])
+            .arg(&out);
+        c
+    };
+    compare("1").assert().success().stdout(contains("(64 train / 20 test)").and(contains("| conv-shortcut | 2 |")));
+    let table = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| original") || l.starts_with("| conv")).collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(out.join("accuracy.png").is_file() && out.join("accuracy.svg").is_file());
+    for run in ["original-d1", "conv-shortcut-d1", "original-d2", "conv-shortcut-d2"] {
+        for file in ["last.safetensors", "metrics.csv", "grad_norms.csv", "grad_norms.png"] {
+            assert!(out.join(run).join(file).is_file(), "{run}/{file} missing");
+        }
+    }
+    let norms = std::fs::read_to_string(out.join("conv-shortcut-d2/grad_norms.csv")).unwrap();
+    assert!(norms.lines().next().unwrap().contains(",stage2.1.shortcut.weight,"), "{norms}");
+    assert_eq!(norms.lines().count(), 1 + 1, "one step per epoch of 64 at batch 64: {norms}");
+
+    // The checkpoint says which network it holds.
+    cmd("eval", &data)
+        .arg("--checkpoint")
+        .arg(out.join("conv-shortcut-d2/last.safetensors"))
+        .assert()
+        .success()
+        .stdout(contains("conv-shortcut, depth 2"));
+
+    // Run again, the finished runs are kept; with another recipe, the directory is refused.
+    compare("1").assert().success().stdout(contains("Accuracy on test set").not());
+    compare("2").assert().failure().stderr(contains("original-d1 holds a run").and(contains("pick another --out")));
+}
+
+#[test]
+fn compare_rejects_bad_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    cmd("compare", tmp.path()).args(["--blocks", "original,resnext"]).assert().failure().stderr(contains("resnext"));
+    cmd("compare", tmp.path()).args(["--depths", "1,0"]).assert().failure().stderr(contains("0 is outside 1..=64"));
+    cmd("train", tmp.path()).args(["--depth", "65"]).assert().failure().stderr(contains("65 is outside 1..=64"));
+}

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use clap::ValueEnum;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resnet_mnist::backend::cpu::CpuBackend;
@@ -11,7 +12,7 @@ use resnet_mnist::backend::cuda::hw::CudarcDevice;
 use resnet_mnist::backend::cuda::CudaBackend;
 use resnet_mnist::backend::{Backend, ConvShape, ParamSlot};
 use resnet_mnist::data::{self, DatasetKind, LoadOptions};
-use resnet_mnist::model::{Model, Net};
+use resnet_mnist::model::{Arch, BlockKind, Model, Net};
 use resnet_mnist::train::{DeviceSplit, Recipe, EVAL_BATCH};
 
 mod common;
@@ -108,4 +109,32 @@ fn one_epoch_reaches_98_percent_and_graphs_match_plain_steps() {
         })
         .collect();
     assert_eq!(params[0], params[1], "graph replay differs from plain steps");
+}
+
+/// Every block variant, three blocks a stage, 4 steps of batch 64 then a short one, with graphs.
+#[test]
+fn every_block_variant_trains_like_cpu_on_the_gpu() {
+    let Some(_) = gpu(true) else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let images: Vec<u8> = (0..300 * 784).map(|_| rng.random()).collect();
+    let labels: Vec<u8> = (0..300).map(|_| rng.random_range(0..10)).collect();
+    for &block in BlockKind::value_variants() {
+        let arch = Arch { block, depth: 3 };
+        let cpu = train_steps(CpuBackend::new(0).expect("thread pool"), arch, &images, &labels);
+        let gpu = train_steps(gpu(true).expect("the GPU answered above"), arch, &images, &labels);
+        assert_close(&format!("{arch}: parameters after 5 steps"), &gpu, &cpu);
+    }
+}
+
+fn train_steps<B: Backend>(backend: B, arch: Arch, images: &[u8], labels: &[u8]) -> Vec<f32> {
+    let net = Net::build(arch);
+    let init = net.layout.init(5);
+    let mut m = Model::new(backend, net, &init, 64);
+    let data = m.backend.upload_data(images, labels);
+    let order = m.backend.upload_idx(&(0..labels.len() as u32).collect::<Vec<_>>());
+    for (step, batch) in [64, 64, 64, 64, 44].into_iter().enumerate() {
+        m.backend.gather(&data, &order, step * 64, batch, &mut m.ws.x, &mut m.ws.labels);
+        m.train_step(batch, 0.01, 0.5);
+    }
+    m.params()
 }
