@@ -57,6 +57,66 @@ class Net(nn.Module):
         return self.fc(x)
 
 
+class VariantBlock(nn.Module):
+    """The residual units of He et al. 2016 that resnet-mnist's --block offers, F = conv2(relu(conv1(x)))."""
+
+    def __init__(self, channels, kind, last):
+        super().__init__()
+        self.kind = kind
+        self.closing_relu = kind == "preact" and last
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        if kind == "conv-shortcut":
+            self.shortcut = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def branch(self, x):
+        return self.conv2(F.relu(self.conv1(x)))
+
+    def forward(self, x):
+        if self.kind == "original":
+            return F.relu(x + self.branch(x))
+        if self.kind == "plain":
+            return F.relu(self.branch(x))
+        if self.kind == "relu-before-add":
+            return x + F.relu(self.branch(x))
+        if self.kind == "preact":
+            y = x + self.branch(F.relu(x))
+            return F.relu(y) if self.closing_relu else y
+        if self.kind == "scaled":
+            return F.relu(0.5 * x + 0.5 * self.branch(x))
+        if self.kind == "conv-shortcut":
+            return F.relu(self.shortcut(x) + self.branch(x))
+        raise ValueError(f"unknown block kind {self.kind}")
+
+
+class VariantNet(nn.Module):
+    """Net with `depth` blocks of one kind per stage, under resnet-mnist's tensor names:
+    `rblock1`/`rblock2` at depth 1, `stage1.<i>`/`stage2.<i>` deeper."""
+
+    def __init__(self, kind, depth):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, kernel_size=5)
+
+        def stage(channels):
+            blocks = [VariantBlock(channels, kind, i + 1 == depth) for i in range(depth)]
+            return blocks[0] if depth == 1 else nn.Sequential(*blocks)
+
+        names = ("rblock1", "rblock2") if depth == 1 else ("stage1", "stage2")
+        setattr(self, names[0], stage(16))
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=5)
+        setattr(self, names[1], stage(32))
+        self.stages = names
+        self.mp = nn.MaxPool2d(2)
+        self.fc = nn.Linear(512, 10)
+
+    def forward(self, x):
+        x = self.mp(F.relu(self.conv1(x)))
+        x = getattr(self, self.stages[0])(x)
+        x = self.mp(F.relu(self.conv2(x)))
+        x = getattr(self, self.stages[1])(x)
+        return self.fc(x.flatten(1))
+
+
 def read_idx(path):
     """Read a gzip-compressed IDX file of unsigned bytes into a numpy array."""
     with gzip.open(path, "rb") as f:

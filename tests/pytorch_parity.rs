@@ -1,10 +1,12 @@
 //! Parity with PyTorch on the same weights: logits, loss, every gradient and the parameters
 //! and momentum after two SGD steps, from `tests/fixtures/reference.safetensors`
-//! (written by `scripts/make_reference.py`).
+//! (written by `scripts/make_reference.py`); and every block variant's logits, loss and
+//! gradients, from `tests/fixtures/variants.safetensors` (`scripts/make_variant_reference.py`).
 
-use resnet_mnist::backend::cpu::CpuBackend;
+use clap::ValueEnum;
+use resnet_mnist::backend::cpu::{CpuBackend, PIXEL_MEAN, PIXEL_STD};
 use resnet_mnist::backend::Backend;
-use resnet_mnist::model::{Model, Net, CLASSES};
+use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
 use safetensors::{Dtype, SafeTensors};
 
 /// Largest error relative to the largest magnitude of the reference tensor.
@@ -13,8 +15,8 @@ const TOLERANCE: f32 = 1e-4;
 struct Fixture(Vec<u8>);
 
 impl Fixture {
-    fn load() -> Self {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference.safetensors");
+    fn load(name: &str) -> Self {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
         Fixture(std::fs::read(path).expect("reading the PyTorch fixture"))
     }
 
@@ -81,7 +83,7 @@ fn model(fixture: &Fixture) -> Model<CpuBackend> {
 
 #[test]
 fn forward_and_gradients_match_pytorch() {
-    let fixture = Fixture::load();
+    let fixture = Fixture::load("reference.safetensors");
     let mut model = model(&fixture);
     let batch = load_batch(&mut model, &fixture, "batch0");
     model.eval_batch(batch);
@@ -103,7 +105,7 @@ fn forward_and_gradients_match_pytorch() {
 
 #[test]
 fn two_sgd_steps_match_pytorch() {
-    let fixture = Fixture::load();
+    let fixture = Fixture::load("reference.safetensors");
     let mut model = model(&fixture);
     for name in ["batch0", "batch1"] {
         let batch = load_batch(&mut model, &fixture, name);
@@ -114,5 +116,61 @@ fn two_sgd_steps_match_pytorch() {
     for t in &model.net.layout.tensors {
         assert_close(&format!("step2.{}", t.name), &model.params()[t.range()], &params[t.range()]);
         assert_close(&format!("step2.momentum.{}", t.name), &ours_momentum[t.range()], &momentum[t.range()]);
+    }
+}
+
+/// Tensor `t` of the layout, element `i`: `bound·sin(0.618·(i + 1) + 1.7·t)`, with the layer's
+/// `bound = 1/√fan_in`, as `scripts/make_variant_reference.py` computes it.
+fn formula_params(net: &Net) -> Vec<f32> {
+    let mut params = vec![0.0; net.layout.total];
+    for (pair, layer) in net.layout.tensors.chunks(2).zip(0usize..) {
+        let bound = 1.0 / (pair[0].shape[1..].iter().product::<usize>() as f64).sqrt();
+        for (spec, t) in pair.iter().zip(2 * layer..) {
+            for (i, v) in params[spec.range()].iter_mut().enumerate() {
+                *v = (bound * (0.618 * (i + 1) as f64 + 1.7 * t as f64).sin()) as f32;
+            }
+        }
+    }
+    params
+}
+
+#[test]
+fn every_block_variant_matches_pytorch() {
+    let fixture = Fixture::load("variants.safetensors");
+    let (batch, samples) = (4, 64);
+    let x: Vec<f32> = (0..batch * 784).map(|i| ((i * 37 % 256) as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD).collect();
+    let labels: Vec<u32> = (0..batch as u32).map(|n| n % 10).collect();
+    for &block in BlockKind::value_variants() {
+        let net = Net::build(Arch { block, depth: 2 });
+        let mut model = Model::new(CpuBackend::new(2).unwrap(), net.clone(), &formula_params(&net), batch);
+        model.ws.x[..x.len()].copy_from_slice(&x);
+        model.ws.labels[..batch].copy_from_slice(&labels);
+        model.eval_batch(batch);
+        let loss = model.take_stats().loss_sum / batch as f64;
+        model.net.backward(&model.backend, &model.state.values, &mut model.state.grads, &mut model.ws, batch);
+
+        assert_close(
+            &format!("{block} logits"),
+            &model.ws.logits[..batch * CLASSES],
+            &fixture.f32(&format!("{block}.logits")),
+        );
+        let theirs = f64::from(fixture.f32(&format!("{block}.loss"))[0]);
+        assert!((loss - theirs).abs() <= 1e-5 * theirs, "{block} loss: {loss} here, {theirs} in PyTorch");
+        for t in &net.layout.tensors {
+            let grad = &model.state.grads[t.range()];
+            let norm = grad.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>().sqrt() as f32;
+            let their_norm = fixture.f32(&format!("{block}.norm.{}", t.name))[0];
+            assert!(
+                (norm - their_norm).abs() <= TOLERANCE * their_norm,
+                "{block} {}: gradient norm {norm} here, {their_norm} in PyTorch",
+                t.name
+            );
+            let ours: Vec<f32> = (0..samples).map(|k| grad[k * 7919 % t.len()]).collect();
+            assert_close(
+                &format!("{block} grad {}", t.name),
+                &ours,
+                &fixture.f32(&format!("{block}.sample.{}", t.name)),
+            );
+        }
     }
 }
