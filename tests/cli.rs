@@ -211,9 +211,16 @@ fn compare_trains_each_network_and_writes_the_table() {
 }
 
 #[test]
-fn compare_rejects_bad_lists() {
+fn bad_variant_flags_are_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     cmd("compare", tmp.path()).args(["--blocks", "original,resnext"]).assert().failure().stderr(contains("resnext"));
     cmd("compare", tmp.path()).args(["--depths", "1,0"]).assert().failure().stderr(contains("0 is outside 1..=64"));
     cmd("train", tmp.path()).args(["--depth", "65"]).assert().failure().stderr(contains("65 is outside 1..=64"));
+    // A checkpoint records its own network.
+    cmd("eval", tmp.path())
+        .args(["--depth", "2", "--checkpoint"])
+        .arg(fixture("trained.safetensors"))
+        .assert()
+        .failure()
+        .stderr(contains("'--checkpoint <PATH>' cannot be used with"));
 }

@@ -170,13 +170,16 @@ pub struct CompareArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// A safetensors state_dict (from `train`, or saved by PyTorch) [default: fresh weights]
-    #[arg(long, value_name = "PATH")]
+    /// A safetensors state_dict (from `train`, or saved by PyTorch), which records its own
+    /// network [default: fresh weights of --block and --depth]
+    #[arg(long, value_name = "PATH", conflicts_with = "ArchArgs")]
     pub checkpoint: Option<PathBuf>,
     /// Where to write the confusion matrix image, without extension (.png and .svg are written)
     /// [default: confusion-<dataset> beside the checkpoint]
     #[arg(long, value_name = "PATH", requires = "checkpoint")]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub arch: ArchArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }

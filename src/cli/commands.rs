@@ -153,16 +153,17 @@ fn eval<B: Backend>(args: &EvalArgs, backend: B) -> Result<()> {
     if let Some(path) = &args.checkpoint {
         return artifacts::eval_checkpoint(backend, &dataset, path, args.plot.as_deref());
     }
-    let mut model = fresh_model(backend, Arch::default(), args.common.seed, EVAL_BATCH);
+    let mut model = fresh_model(backend, args.arch.arch(), args.common.seed, EVAL_BATCH);
     let test = DeviceSplit::new(&model.backend, &dataset.test);
     let e = train::evaluate(&mut model, &test);
     writeln!(
         std::io::stdout().lock(),
-        "Accuracy on test set: {:.2} % ({} / {}), test loss {:.4}  (fresh weights, seed {}; {} on {})",
+        "Accuracy on test set: {:.2} % ({} / {}), test loss {:.4}  (fresh weights of {}, seed {}; {} on {})",
         e.accuracy,
         e.correct,
         e.total,
         e.loss,
+        model.net.arch,
         args.common.seed,
         dataset.kind,
         model.backend.name()
