@@ -7,6 +7,7 @@ shuffled order, and time an inference pass over the 10k test images.
     pip install torch safetensors numpy
     cargo build --release
     python3 scripts/bench_vs_pytorch.py [--threads 2] [--only torch|ours] [--device cuda]
+                                        [--block preact --depth 10]
 
 Reported rates are the median over --repeats timed runs. FLOP counts include
 only convolution and linear multiply-adds (2 FLOPs per MAC); a training step
@@ -27,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_model import LR, MOMENTUM, REPO_ROOT, Net, add_mnist_dir_argument, load_mnist, normalize
+from reference_model import (LR, MOMENTUM, REPO_ROOT, Net, VariantNet, add_mnist_dir_argument, load_mnist,
+                             normalize)
 
 BATCH = 64
 
@@ -45,7 +47,15 @@ def parse_args():
     p.add_argument("--bin", type=Path, default=REPO_ROOT / "target/release/resnet-mnist",
                    help="resnet-mnist binary (default: target/release/resnet-mnist)")
     p.add_argument("--only", choices=["torch", "ours"], help="run only one side")
+    p.add_argument("--block", choices=["original", "plain", "relu-before-add", "preact", "scaled", "conv-shortcut"],
+                   default="original", help="residual unit of both sides (default: %(default)s)")
+    p.add_argument("--depth", type=int, default=1, help="blocks per stage (default: %(default)s, the reference)")
     return p.parse_args()
+
+
+def make_net(args):
+    """The tutorial's Net for the reference network, else VariantNet."""
+    return Net() if (args.block, args.depth) == ("original", 1) else VariantNet(args.block, args.depth)
 
 
 def layer_macs(model):
@@ -67,9 +77,9 @@ def layer_macs(model):
     return macs
 
 
-def flops_per_image():
+def flops_per_image(args):
     """(forward FLOPs, training-step FLOPs) per image."""
-    macs = layer_macs(Net())
+    macs = layer_macs(make_net(args))
     forward = 2 * sum(macs.values())
     return forward, 3 * forward - 2 * macs["conv1"]
 
@@ -125,7 +135,7 @@ def bench_torch(args):
     torch.set_num_threads(args.threads)
     x_train, y_train = load_split(args.mnist_dir, "train", args.device)
     x_test, _ = load_split(args.mnist_dir, "t10k", args.device)
-    model = Net().to(args.device)
+    model = make_net(args).to(args.device)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     order = shuffled_batches(len(x_train), args.device)
 
@@ -141,7 +151,7 @@ def bench_ours(args):
         raise SystemExit(f"{args.bin} not found: run `cargo build --release` first (or pass --bin)")
     cmd = [str(args.bin), "bench", "--device", args.device, "--threads", str(args.threads),
            "--steps", str(args.steps), "--eval-batch", str(args.eval_batch), "--repeats", str(args.repeats),
-           "--json", "--data-dir", str(args.mnist_dir)]
+           "--block", args.block, "--depth", str(args.depth), "--json", "--data-dir", str(args.mnist_dir)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {result.returncode}:\n{result.stderr}")
@@ -169,9 +179,9 @@ def fmt(value, width, decimals):
 
 
 def print_report(args, torch_res, ours_res):
-    fwd_flops, train_flops = flops_per_image()
+    fwd_flops, train_flops = flops_per_image(args)
     print(f"machine: {machine_description(args)}")
-    print(f"device {args.device}, batch {BATCH}, {args.steps} train steps, eval batch {args.eval_batch}, "
+    print(f"{args.block} blocks, depth {args.depth}; device {args.device}, batch {BATCH}, {args.steps} train steps, eval batch {args.eval_batch}, "
           f"median of {args.repeats}")
     print(f"FLOPs/image: forward {fwd_flops / 1e6:.3f} M, training step {train_flops / 1e6:.3f} M")
     print()
