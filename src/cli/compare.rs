@@ -53,7 +53,7 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
             (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
         let outcome = run_session(&mut session, &mut model, (&splits.0, &splits.1), args.recipe.quiet, &stop)?;
         if let Outcome::Stopped { .. } = outcome {
-            println!("Stopped; saved. Run the same command again to continue the comparison.");
+            println!("Stopped; saved. To continue, run the same command with --out {}", dir.display());
             return Ok(());
         }
         finished.push((arch, model.net.layout.total, session.state.history));
