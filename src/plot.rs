@@ -70,7 +70,10 @@ pub fn grad_norms(dir: &Path, layout: &Layout, records: &[GradNorms]) -> Result<
     // Zero norms (a dead layer) have no place on a log axis.
     let points: Vec<Vec<(f64, f64)>> = weights
         .iter()
-        .map(|&(i, _)| records.iter().map(|r| (r.step as f64, f64::from(r.norms[i]))).filter(|p| p.1 > 0.0).collect())
+        .map(|&(i, _)| {
+            let positive = records.iter().filter(|r| r.norms[i] > 0.0);
+            positive.map(|r| (r.step as f64, f64::from(r.norms[i]).log10())).collect()
+        })
         .collect();
     let last = weights.len().saturating_sub(1).max(1) as f64;
     let series: Vec<Series> = weights
@@ -135,50 +138,54 @@ impl Picture for LineChart<'_> {
     }
 }
 
-/// Lines against the training step on a log-scale y axis; with many lines, only some are named.
+/// Lines against the training step on a log-scale y axis (the series hold `log10` values),
+/// named in a column on the right; with many lines, only some are named.
 struct LogChart<'a> {
     title: &'a str,
     series: &'a [Series<'a>],
 }
 
-/// Legend entries a chart has room for.
-const MAX_LEGEND: usize = 12;
+/// Legend entries a chart has room for, and the width of its legend column.
+const MAX_LEGEND: usize = 18;
+const LEGEND_WIDTH: u32 = 170;
+const MAX_DECADE_LABELS: usize = 20;
 
 impl Picture for LogChart<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult<DB> {
         root.fill(&WHITE)?;
+        // The legend gets its own column: over the plot it would hide the smallest norms.
+        let (plot, legend) = root.split_horizontally(SIZE.0 - LEGEND_WIDTH);
         let points = self.series.iter().flat_map(|s| s.1.iter());
         let last_step = points.clone().map(|p| p.0).fold(1.0, f64::max);
-        let (lo, hi) = points.fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-        let (lo, hi) = if lo <= hi { (lo / 2.0, hi * 2.0) } else { (1e-8, 1.0) };
-        let mut chart = ChartBuilder::on(&root)
+        let (lo, hi) = points.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+        let (lo, hi) = if lo <= hi { (lo.floor(), hi.ceil().max(lo.floor() + 1.0)) } else { (-8.0, 0.0) };
+        // One label per power of ten, or per second or third one on a tall axis.
+        let decades = (hi - lo) as usize;
+        let mut chart = ChartBuilder::on(&plot)
             .caption(self.title, ("sans-serif", 24))
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..last_step, (lo..hi).log_scale())?;
+            .build_cartesian_2d(0.0..last_step, lo..hi)?;
         chart
             .configure_mesh()
             .x_desc("step")
             .light_line_style(WHITE)
             .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .y_labels(decades.div_ceil(decades.div_ceil(MAX_DECADE_LABELS)) + 1)
+            .y_label_formatter(&|v| if v.fract() == 0.0 { format!("1e{v:.0}") } else { String::new() })
             .label_style(("sans-serif", 15))
             .draw()?;
-        let every = self.series.len().div_ceil(MAX_LEGEND).max(1);
-        for (k, &(name, data, color)) in self.series.iter().enumerate() {
-            let line = chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(1)))?;
-            if k % every == 0 || k + 1 == self.series.len() {
-                line.label(name).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-            }
+        for &(_, data, color) in self.series {
+            chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(1)))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .label_font(("sans-serif", 12))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        let every = self.series.len().div_ceil(MAX_LEGEND).max(1);
+        let named = self.series.iter().enumerate().filter(|(k, _)| k % every == 0 || k + 1 == self.series.len());
+        for (row, (_, &(name, _, color))) in named.enumerate() {
+            let y = 60 + 22 * row as i32;
+            legend.draw(&PathElement::new([(5, y), (25, y)], color.stroke_width(2)))?;
+            legend.draw(&Text::new(name.to_string(), (30, y - 7), ("sans-serif", 13)))?;
+        }
         root.present()
     }
 }
