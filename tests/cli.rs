@@ -176,14 +176,17 @@ fn compare_trains_each_network_and_writes_the_table() {
     let (data, out) = (tmp.path().join("data"), tmp.path().join("compare"));
     std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
-    let compare = |epochs: &str| {
+    let compare = |epochs: &str, test: &str| {
         let mut c = cmd("compare", &data);
         c.args(["--blocks", "original,conv-shortcut", "--depths", "1,2", "--epochs", epochs, "--quiet"])
-            .args(["--train-subset", "64", "--test-subset", "20", "--grad-norms", "1", "--out"])
+            .args(["--train-subset", "64", "--test-subset", test, "--grad-norms", "1", "--out"])
             .arg(&out);
         c
     };
-    compare("1").assert().success().stdout(contains("(64 train / 20 test)").and(contains("| conv-shortcut | 2 |")));
+    compare("1", "20")
+        .assert()
+        .success()
+        .stdout(contains("(64 train / 20 test)").and(contains("| conv-shortcut | 2 |")));
     let table = std::fs::read_to_string(out.join("compare.md")).unwrap();
     let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| original") || l.starts_with("| conv")).collect();
     assert_eq!(rows.len(), 4, "{table}");
@@ -206,8 +209,15 @@ fn compare_trains_each_network_and_writes_the_table() {
         .stdout(contains("conv-shortcut, depth 2"));
 
     // Run again, the finished runs are kept; with another recipe, the directory is refused.
-    compare("1").assert().success().stdout(contains("Accuracy on test set").not());
-    compare("2").assert().failure().stderr(contains("original-d1 holds a run").and(contains("pick another --out")));
+    compare("1", "20").assert().success().stdout(contains("Accuracy on test set").not());
+    compare("2", "20")
+        .assert()
+        .failure()
+        .stderr(contains("original-d1 holds a run").and(contains("pick another --out")));
+    compare("1", "30")
+        .assert()
+        .failure()
+        .stderr(contains("holds a comparison on mnist (64 train / 20 test), not mnist (64 train / 30 test)"));
 }
 
 #[test]

@@ -13,12 +13,14 @@ use resnet_mnist::model::{Arch, BlockKind, Model};
 use resnet_mnist::plot;
 use resnet_mnist::session::{self, Outcome, Session};
 use resnet_mnist::train::{DeviceSplit, EpochReport, Recipe};
+use serde::{Deserialize, Serialize};
 
 use super::args::CompareArgs;
 use super::artifacts::{capacity, default_run_dir, resumed, run_session, stop_flag};
 use super::commands::fresh_model;
 
-pub const TABLE: &str = "compare.md";
+const TABLE: &str = "compare.md";
+const SETUP: &str = "compare.json";
 
 pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs) -> Result<()> {
     let blocks = if args.blocks.is_empty() { BlockKind::value_variants().to_vec() } else { args.blocks.clone() };
@@ -29,6 +31,7 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     subset(&mut dataset.train, args.train_subset);
     subset(&mut dataset.test, args.test_subset);
+    claim(&dir, &Setup { dataset: dataset.kind.to_string(), train: dataset.train.len(), test: dataset.test.len() })?;
     println!(
         "Comparing {} networks on {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}; in {}",
         archs.len(),
@@ -63,6 +66,45 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
     let runs: Vec<Run> =
         finished.iter().map(|(arch, params, history)| Run { arch: *arch, params: *params, history }).collect();
     write_results(&dir, &dataset, &recipe, &runs, args.target)
+}
+
+/// The data a comparison directory's runs were trained and tested on.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Setup {
+    dataset: String,
+    train: usize,
+    test: usize,
+}
+
+/// Records `setup` in `dir`, or checks that the runs already there used the same data: a run
+/// continued on other data would mix two experiments in one table.
+fn claim(dir: &Path, setup: &Setup) -> Result<()> {
+    let path = dir.join(SETUP);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let saved: Setup =
+                serde_json::from_str(&text).with_context(|| format!("{}: not a comparison setup", path.display()))?;
+            if saved != *setup {
+                bail!(
+                    "{} holds a comparison on {} ({} train / {} test), not {} ({} train / {} test); pick another --out",
+                    dir.display(),
+                    saved.dataset,
+                    saved.train,
+                    saved.test,
+                    setup.dataset,
+                    setup.train,
+                    setup.test
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_json::to_string_pretty(setup).expect("the setup serializes");
+            resnet_mnist::atomic::write_atomic(&path, text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// Keeps the first `n` examples.
