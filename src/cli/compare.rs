@@ -32,19 +32,7 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
     subset(&mut dataset.train, args.train_subset);
     subset(&mut dataset.test, args.test_subset);
     claim(&dir, &Setup { dataset: dataset.kind.to_string(), train: dataset.train.len(), test: dataset.test.len() })?;
-    println!(
-        "Comparing {} networks on {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}; in {}",
-        archs.len(),
-        dataset.kind,
-        dataset.train.len(),
-        dataset.test.len(),
-        recipe.epochs,
-        recipe.batch_size,
-        recipe.lr,
-        recipe.momentum,
-        recipe.seed,
-        dir.display()
-    );
+    println!("Comparing {} networks on {}; in {}", archs.len(), setting(&dataset, &recipe), dir.display());
     let stop = stop_flag()?;
     let mut backend = Some(backend);
     let mut finished: Vec<(Arch, usize, Vec<EpochReport>)> = Vec::new();
@@ -134,10 +122,10 @@ fn open_run<B: Backend>(backend: B, dir: &Path, recipe: Recipe, arch: Arch) -> R
     Ok(resumed(backend, saved))
 }
 
-fn write_results(dir: &Path, dataset: &Dataset, recipe: &Recipe, runs: &[Run], target: f64) -> Result<()> {
-    let table = compare::markdown_table(runs, target);
-    let caption = format!(
-        "{} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}\n\n",
+/// The data and recipe every run of the comparison shares, in words.
+fn setting(dataset: &Dataset, recipe: &Recipe) -> String {
+    format!(
+        "{} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}",
         dataset.kind,
         dataset.train.len(),
         dataset.test.len(),
@@ -146,7 +134,12 @@ fn write_results(dir: &Path, dataset: &Dataset, recipe: &Recipe, runs: &[Run], t
         recipe.lr,
         recipe.momentum,
         recipe.seed
-    );
+    )
+}
+
+fn write_results(dir: &Path, dataset: &Dataset, recipe: &Recipe, runs: &[Run], target: f64) -> Result<()> {
+    let table = compare::markdown_table(runs, target);
+    let caption = format!("{}\n\n", setting(dataset, recipe));
     let path = dir.join(TABLE);
     resnet_mnist::atomic::write_atomic(&path, format!("{caption}{table}").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
