@@ -38,7 +38,14 @@ fn backend() -> CpuBackend {
     CpuBackend::new(2).expect("thread pool")
 }
 
-/// Odd sizes, padding and batch 1 included.
+/// The backend as it runs here (AVX2+FMA kernels on CPUs that have them) and with the
+/// portable kernels.
+fn both_kernels() -> [CpuBackend; 2] {
+    [backend(), backend().with_portable_kernels()]
+}
+
+/// Odd sizes, padding and batch 1 included; channel counts that fill one, two and three
+/// kernel blocks of 16 with a partial vector.
 fn conv_shapes() -> Vec<ConvShape> {
     let conv =
         |batch, c_in, c_out, height, width, kernel, pad| ConvShape { batch, c_in, c_out, height, width, kernel, pad };
@@ -48,12 +55,18 @@ fn conv_shapes() -> Vec<ConvShape> {
         conv(1, 4, 2, 5, 3, 3, 1),
         conv(5, 2, 3, 4, 4, 3, 2),
         conv(4, 16, 16, 12, 12, 3, 1),
+        conv(2, 18, 37, 5, 7, 3, 1),
     ]
 }
 
 #[test]
 fn conv2d_gradients_match_finite_differences() {
-    let b = backend();
+    for b in both_kernels() {
+        conv2d_gradients_match(&b);
+    }
+}
+
+fn conv2d_gradients_match(b: &CpuBackend) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for s in conv_shapes() {
         let slot = ParamSlot { offset: 3, weight_len: s.weight_len(), bias_len: s.c_out };
@@ -68,13 +81,45 @@ fn conv2d_gradients_match_finite_differences() {
         let mut dx = b.zeros(s.in_len());
         b.conv2d_backward_data(&s, &r, &params, slot, &mut dx, false);
         let v = random(&mut rng, x.len());
-        assert_directional(&format!("{s:?} dx"), &x, &v, dot(&dx, &v), 1e-2, |x| loss(x, &params));
+        let name = b.name();
+        assert_directional(&format!("{name} {s:?} dx"), &x, &v, dot(&dx, &v), 1e-2, |x| loss(x, &params));
 
         let mut grads = b.zeros(params.len());
         b.conv2d_backward_params(&s, &x, &r, &mut grads, slot);
         let mut v = random(&mut rng, params.len());
         v[..slot.offset].fill(0.0);
-        assert_directional(&format!("{s:?} dparams"), &params, &v, dot(&grads, &v), 1e-2, |p| loss(&x, p));
+        assert_directional(&format!("{name} {s:?} dparams"), &params, &v, dot(&grads, &v), 1e-2, |p| loss(&x, p));
+    }
+}
+
+/// The two sets of kernels differ only in rounding (fused or separate multiply-adds).
+#[test]
+fn portable_conv_kernels_match_the_native_ones() {
+    let [native, portable] = both_kernels();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let close = |what: String, a: &[f32], b: &[f32]| {
+        let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst <= 1e-5 * scale, "{what}: differs by {worst} (largest value {scale})");
+    };
+    for s in conv_shapes() {
+        let slot = ParamSlot { offset: 1, weight_len: s.weight_len(), bias_len: s.c_out };
+        let (x, params) = (random(&mut rng, s.in_len()), random(&mut rng, slot.offset + slot.len()));
+        let (dy, base) = (random(&mut rng, s.out_len()), random(&mut rng, s.in_len()));
+        let run = |b: &CpuBackend| {
+            let mut y = b.zeros(s.out_len());
+            b.conv2d_forward(&s, &x, &params, slot, &mut y, true);
+            let mut dx = base.clone();
+            b.conv2d_backward_data(&s, &dy, &params, slot, &mut dx, true);
+            let mut grads = b.zeros(params.len());
+            b.conv2d_backward_params(&s, &x, &dy, &mut grads, slot);
+            [y, dx, grads]
+        };
+        for (what, (a, b)) in
+            ["forward", "backward data", "backward params"].iter().zip(run(&native).iter().zip(&run(&portable)))
+        {
+            close(format!("{s:?} {what}"), a, b);
+        }
     }
 }
 

@@ -1,12 +1,15 @@
-//! The CPU backend: im2col + GEMM (the `gemm` crate's SIMD kernels) for convolutions, batch
-//! images split into tasks that rayon runs in parallel, plain loops for the rest.
+//! The CPU backend: direct convolutions with register-tiled SIMD kernels ([`conv`]), the
+//! `gemm` crate for the linear layer, batch images split into tasks that rayon runs in
+//! parallel, plain loops for the rest.
 //!
 //! Task boundaries depend only on the shapes, and per-task partial gradients are summed in
 //! task order, so results are bit-identical whatever the thread count.
 
+mod conv;
+
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -19,8 +22,9 @@ use super::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stat
 pub const PIXEL_MEAN: f32 = 0.1307;
 pub const PIXEL_STD: f32 = 0.3081;
 
-/// Floats of im2col columns a task aims for: small enough to stay in L2 with its outputs.
-const TASK_COLUMN_FLOATS: usize = 1 << 15;
+/// Output pixels a filter-gradient task aims for: enough to amortize its setup, few enough
+/// that the tasks of a batch keep both cores busy.
+const TASK_PIXELS: usize = 512;
 /// Elements per task for element-wise ops.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
@@ -35,6 +39,9 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     /// Per-task partial parameter gradients, kept to avoid allocating in the training step.
     partials: Mutex<Vec<f32>>,
+    /// Convolution weights packed for the kernels, likewise kept.
+    packed: Mutex<Vec<f32>>,
+    isa: conv::Isa,
 }
 
 pub struct CpuData {
@@ -53,7 +60,14 @@ impl CpuBackend {
             .thread_name(|i| format!("cpu-backend-{i}"))
             .build()
             .map_err(|source| ThreadPoolError { threads, source })?;
-        Ok(CpuBackend { pool, partials: Mutex::new(Vec::new()) })
+        let (partials, packed) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+        Ok(CpuBackend { pool, partials, packed, isa: conv::Isa::detect() })
+    }
+
+    /// This backend running the portable convolution kernels, as on a CPU without AVX2 and
+    /// FMA: to check one set of kernels against the other.
+    pub fn with_portable_kernels(self) -> Self {
+        CpuBackend { isa: conv::Isa::portable(), ..self }
     }
 
     pub fn threads(&self) -> usize {
@@ -115,6 +129,16 @@ fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
     }
 }
 
+/// Locks `buf` grown to at least `len` floats. Buffers never shrink, so that the training
+/// step does not allocate once the first step has run.
+fn grown(buf: &Mutex<Vec<f32>>, len: usize) -> MutexGuard<'_, Vec<f32>> {
+    let mut buf = buf.lock().unwrap_or_else(|e| e.into_inner());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    buf
+}
+
 thread_local! {
     static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
@@ -132,7 +156,8 @@ fn with_scratch<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [f32], &mut [
     })
 }
 
-/// How a batch splits into tasks of whole images.
+/// How a batch splits into tasks of whole images for the filter gradient: each task sums its
+/// own partial gradient, and the partials are added in task order.
 #[derive(Clone, Copy)]
 struct Tasks {
     images_per_task: usize,
@@ -140,112 +165,14 @@ struct Tasks {
 }
 
 impl Tasks {
-    fn for_conv(s: &ConvShape) -> Self {
-        let per_image = s.patch() * s.h_out() * s.w_out();
-        let images_per_task = (TASK_COLUMN_FLOATS / per_image).clamp(1, s.batch.max(1));
+    fn for_filter_grad(s: &ConvShape) -> Self {
+        let images_per_task = (TASK_PIXELS / (s.h_out() * s.w_out()).max(1)).clamp(1, s.batch.max(1));
         Tasks { images_per_task, count: s.batch.div_ceil(images_per_task) }
     }
 
     fn images(&self, task: usize, batch: usize) -> Range<usize> {
         let start = task * self.images_per_task;
         start..(start + self.images_per_task).min(batch)
-    }
-}
-
-/// The valid output columns `ox` for kernel column `kx`: those reading inside the input row.
-fn valid_columns(s: &ConvShape, kx: usize) -> Range<usize> {
-    let start = s.pad.saturating_sub(kx);
-    let end = (s.width + s.pad).saturating_sub(kx).min(s.w_out());
-    start..end.max(start)
-}
-
-/// Visits each (im2col row, image, output row) as `visit(at, valid, input)`: `at` is where
-/// the row starts in the columns, `valid` the output columns that read inside the image (empty
-/// when the whole input row is padding) and `input` the input offset that `valid.start` reads.
-fn for_each_patch_row(s: &ConvShape, images: usize, mut visit: impl FnMut(usize, Range<usize>, usize)) {
-    let (ho, wo) = (s.h_out(), s.w_out());
-    let plane = ho * wo;
-    for ci in 0..s.c_in {
-        for ky in 0..s.kernel {
-            for kx in 0..s.kernel {
-                let k = (ci * s.kernel + ky) * s.kernel + kx;
-                let cols = valid_columns(s, kx);
-                for img in 0..images {
-                    for oy in 0..ho {
-                        let at = (k * images + img) * plane + oy * wo;
-                        let iy = (oy + ky).wrapping_sub(s.pad);
-                        if iy >= s.height {
-                            visit(at, 0..0, 0);
-                            continue;
-                        }
-                        let input = img * s.in_image()
-                            + (ci * s.height + iy) * s.width
-                            + (cols.start + kx).saturating_sub(s.pad);
-                        visit(at, cols.clone(), input);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Lays the patches of `images` images out as columns: `col[k][img·HW + p]`.
-fn im2col(s: &ConvShape, x: &[f32], images: usize, col: &mut [f32]) {
-    if s.pad > 0 {
-        // One long fill beats many short ones around each row's valid span.
-        col.fill(0.0);
-    }
-    for_each_patch_row(s, images, |at, valid, input| {
-        copy_short(&mut col[at + valid.start..at + valid.end], &x[input..input + valid.len()]);
-    });
-}
-
-/// Copies a row of a few dozen floats at most: inline vector moves, where `copy_from_slice`
-/// would call `memmove` once per row and cost more than the copy.
-#[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
-    for (d, s) in (&mut d).zip(&mut s) {
-        let s: &[f32; 8] = s.try_into().expect("chunks of 8");
-        d.copy_from_slice(s);
-    }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
-    }
-}
-
-/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it came from.
-fn col2im_add(s: &ConvShape, col: &[f32], images: usize, dx: &mut [f32]) {
-    for_each_patch_row(s, images, |at, valid, input| {
-        for (d, c) in dx[input..input + valid.len()].iter_mut().zip(&col[at + valid.start..at + valid.end]) {
-            *d += c;
-        }
-    });
-}
-
-/// Copies `[c_out][img·HW + p]` (GEMM layout) to NCHW, adding the bias and optionally ReLU.
-fn scatter_output(s: &ConvShape, out: &[f32], images: usize, bias: &[f32], relu: bool, y: &mut [f32]) {
-    let plane = s.h_out() * s.w_out();
-    for img in 0..images {
-        for (co, b) in bias.iter().enumerate() {
-            let src = &out[co * images * plane + img * plane..][..plane];
-            let dst = &mut y[(img * s.c_out + co) * plane..][..plane];
-            for (d, v) in dst.iter_mut().zip(src) {
-                let v = v + b;
-                *d = if relu { v.max(0.0) } else { v };
-            }
-        }
-    }
-}
-
-/// The inverse layout change of [`scatter_output`], for output gradients.
-fn gather_output_grad(s: &ConvShape, dy: &[f32], images: usize, out: &mut [f32]) {
-    let plane = s.h_out() * s.w_out();
-    for img in 0..images {
-        for co in 0..s.c_out {
-            out[co * images * plane + img * plane..][..plane]
-                .copy_from_slice(&dy[(img * s.c_out + co) * plane..][..plane]);
-        }
     }
 }
 
@@ -257,46 +184,6 @@ fn par_map2(a: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     });
 }
 
-impl CpuBackend {
-    fn conv_task_forward(&self, s: &ConvShape, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], relu: bool) {
-        let images = x.len() / s.in_image();
-        let cols = images * s.h_out() * s.w_out();
-        with_scratch(s.patch() * cols, s.c_out * cols, |col, out| {
-            im2col(s, x, images, col);
-            matmul(out, Mat::row_major(w, s.c_out, s.patch()), Mat::row_major(col, s.patch(), cols), false);
-            scatter_output(s, out, images, bias, relu, y);
-        });
-    }
-
-    fn conv_task_backward_data(&self, s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
-        let images = dy.len() / s.out_image();
-        let cols = images * s.h_out() * s.w_out();
-        if !accumulate {
-            dx.fill(0.0);
-        }
-        with_scratch(s.patch() * cols, s.c_out * cols, |dcol, dyg| {
-            gather_output_grad(s, dy, images, dyg);
-            matmul(dcol, Mat::row_major(w, s.c_out, s.patch()).t(), Mat::row_major(dyg, s.c_out, cols), false);
-            col2im_add(s, dcol, images, dx);
-        });
-    }
-
-    /// Writes this task's weight gradient then bias gradient into `partial`.
-    fn conv_task_backward_params(&self, s: &ConvShape, x: &[f32], dy: &[f32], partial: &mut [f32]) {
-        let images = x.len() / s.in_image();
-        let cols = images * s.h_out() * s.w_out();
-        let (dw, db) = partial.split_at_mut(s.weight_len());
-        with_scratch(s.patch() * cols, s.c_out * cols, |col, dyg| {
-            im2col(s, x, images, col);
-            gather_output_grad(s, dy, images, dyg);
-            matmul(dw, Mat::row_major(dyg, s.c_out, cols), Mat::row_major(col, s.patch(), cols).t(), false);
-            for (b, row) in db.iter_mut().zip(dyg.chunks_exact(cols)) {
-                *b = row.iter().sum();
-            }
-        });
-    }
-}
-
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Idx = Vec<u32>;
@@ -304,7 +191,7 @@ impl Backend for CpuBackend {
     type StatsBuf = CpuStats;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", self.threads())
+        format!("cpu ({} threads, {})", self.threads(), self.isa.name())
     }
 
     fn zeros(&self, len: usize) -> Vec<f32> {
@@ -371,13 +258,32 @@ impl Backend for CpuBackend {
         y: &mut Vec<f32>,
         relu: bool,
     ) {
-        let tasks = Tasks::for_conv(s);
-        let (w, bias) = (&params[slot.weight()], &params[slot.bias()]);
+        let (taps, stride) = (s.patch(), conv::padded(s.c_out));
+        let mut packed = grown(&self.packed, (taps + 1) * stride);
+        let (weights, bias) = packed[..(taps + 1) * stride].split_at_mut(taps * stride);
+        conv::pack_forward(s, &params[slot.weight()], &params[slot.bias()], weights, bias);
+        let planes = conv::Planes::input(s);
         let (xs, ys) = (&x[..s.in_len()], &mut y[..s.out_len()]);
         self.pool.install(|| {
-            ys.par_chunks_mut(tasks.images_per_task * s.out_image())
-                .zip(xs.par_chunks(tasks.images_per_task * s.in_image()))
-                .for_each(|(y, x)| self.conv_task_forward(s, x, w, bias, y, relu));
+            ys.par_chunks_mut(s.out_image()).zip(xs.par_chunks(s.in_image())).for_each(|(y, x)| {
+                with_scratch(planes.len(), 0, |input, _| {
+                    conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, input);
+                    let (weights, bias) = (&*weights, Some(&*bias));
+                    let kernel = s.kernel;
+                    let out_channels = s.c_out;
+                    self.isa.run(conv::Conv {
+                        input,
+                        planes,
+                        kernel,
+                        weights,
+                        out_channels,
+                        bias,
+                        relu,
+                        accumulate: false,
+                        out: y,
+                    });
+                });
+            });
         });
     }
 
@@ -390,13 +296,31 @@ impl Backend for CpuBackend {
         dx: &mut Vec<f32>,
         accumulate: bool,
     ) {
-        let tasks = Tasks::for_conv(s);
-        let w = &params[slot.weight()];
+        let len = s.c_out * s.kernel * s.kernel * conv::padded(s.c_in);
+        let mut packed = grown(&self.packed, len);
+        let weights = &mut packed[..len];
+        conv::pack_backward_data(s, &params[slot.weight()], weights);
+        let planes = conv::Planes::output_grad(s);
+        let shift = s.kernel as isize - 1 - s.pad as isize;
         let (dys, dxs) = (&dy[..s.out_len()], &mut dx[..s.in_len()]);
         self.pool.install(|| {
-            dxs.par_chunks_mut(tasks.images_per_task * s.in_image())
-                .zip(dys.par_chunks(tasks.images_per_task * s.out_image()))
-                .for_each(|(dx, dy)| self.conv_task_backward_data(s, dy, w, dx, accumulate));
+            dxs.par_chunks_mut(s.in_image()).zip(dys.par_chunks(s.out_image())).for_each(|(dx, dy)| {
+                with_scratch(planes.len(), 0, |input, _| {
+                    conv::pad_planes(dy, s.h_out(), s.w_out(), shift, planes, input);
+                    let (weights, kernel, out_channels) = (&*weights, s.kernel, s.c_in);
+                    self.isa.run(conv::Conv {
+                        input,
+                        planes,
+                        kernel,
+                        weights,
+                        out_channels,
+                        bias: None,
+                        relu: false,
+                        accumulate,
+                        out: dx,
+                    });
+                });
+            });
         });
     }
 
@@ -408,22 +332,38 @@ impl Backend for CpuBackend {
         grads: &mut Vec<f32>,
         slot: ParamSlot,
     ) {
-        let tasks = Tasks::for_conv(s);
-        let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
-        let len = tasks.count * slot.len();
-        if partials.len() < len {
-            partials.resize(len, 0.0);
-        }
-        let partials = &mut partials[..len];
+        let tasks = Tasks::for_filter_grad(s);
+        let (taps, stride, pixels) = (s.patch(), conv::padded(s.c_out), s.h_out() * s.w_out());
+        let partial_len = (taps + 1) * stride;
+        let mut partials = grown(&self.partials, tasks.count * partial_len);
+        let partials = &mut partials[..tasks.count * partial_len];
+        let planes = conv::Planes::input(s);
         self.pool.install(|| {
-            partials.par_chunks_mut(slot.len()).enumerate().for_each(|(task, partial)| {
+            partials.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
                 let images = tasks.images(task, s.batch);
                 let x = &x[images.start * s.in_image()..images.end * s.in_image()];
                 let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
-                self.conv_task_backward_params(s, x, dy, partial);
+                let (out, bias_grad) = partial.split_at_mut(taps * stride);
+                with_scratch(images.len() * planes.len(), images.len() * pixels * stride, |input, dy_last| {
+                    conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, input);
+                    bias_grad.fill(0.0);
+                    for (dy, dy_last) in dy.chunks_exact(s.out_image()).zip(dy_last.chunks_exact_mut(pixels * stride)) {
+                        conv::pack_output_grad(dy, pixels, dy_last, &mut bias_grad[..s.c_out]);
+                    }
+                    let (kernel, out_channels) = (s.kernel, s.c_out);
+                    self.isa.run(conv::FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out });
+                });
             });
         });
-        sum_partials(partials, &mut grads[slot.offset..slot.offset + slot.len()]);
+        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
+        let (dw, db) = grads.split_at_mut(s.weight_len());
+        let layout = conv::Blocked { items: taps, channels: s.c_out };
+        for (co, (filter, b)) in dw.chunks_exact_mut(taps).zip(db).enumerate() {
+            for (tap, w) in filter.iter_mut().enumerate() {
+                *w = partials.chunks_exact(partial_len).map(|p| p[layout.index(tap, co)]).sum();
+            }
+            *b = partials.chunks_exact(partial_len).map(|p| p[taps * stride + co]).sum();
+        }
     }
 
     fn relu_backward(&self, len: usize, y: &Vec<f32>, dy: &mut Vec<f32>) {
@@ -574,16 +514,4 @@ fn softmax_xent_row(z: &[f32], label: usize, batch: f32, dz: &mut [f32]) -> (f32
     }
     dz[label] -= 1.0 / batch;
     (max + sum.ln() - z[label], arg == label)
-}
-
-fn sum_partials(partials: &[f32], out: &mut [f32]) {
-    let mut tasks = partials.chunks_exact(out.len());
-    if let Some(first) = tasks.next() {
-        out.copy_from_slice(first);
-    }
-    for partial in tasks {
-        for (o, p) in out.iter_mut().zip(partial) {
-            *o += p;
-        }
-    }
 }

@@ -1,0 +1,516 @@
+//! Direct convolutions (stride 1, zero padding) for the CPU backend.
+//!
+//! Every product accumulates outer products in registers: a tile of a few output pixels (or,
+//! for the filter gradient, a few filter taps) by up to four 8-wide vectors of channels, summed
+//! over the whole reduction and stored once. Nothing is laid out as im2col columns and nothing
+//! is packed per product; the only copies are zero-padded input planes and, for the filter
+//! gradient, the output gradient with its channels last.
+//!
+//! ```text
+//! forward          y[co][o]           = b[co] + Σ W[co][ci][ky][kx]     · xpad[ci][o + (ky, kx)]
+//! backward data    dx[ci][i]          =         Σ W[co][ci][K-ky][K-kx] · dypad[co][i + (ky, kx)]
+//! backward filter  dW[co][ci][ky][kx] =         Σ dy[co][o]             · xpad[ci][o + (ky, kx)]
+//! ```
+//! (`K-ky` short for `K-1-ky`.) The first two are one kernel, [`Conv`], over packed weights;
+//! the third is [`FilterGrad`]. Channels go in blocks of up to two vectors, one block per
+//! tile, and whatever is stored channels last (packed weights, the output gradient, the filter
+//! gradient) is stored block by block ([`Blocked`]), so that a tile reads one contiguous run
+//! per tap or pixel and its inner loop has no bounds checks, which would keep the
+//! accumulators in memory.
+
+use std::array;
+
+use super::super::ConvShape;
+
+/// Channels per vector: one AVX2 register of f32.
+const LANES: usize = 8;
+type Vector = [f32; LANES];
+
+/// Accumulators per tile: AVX2 has 16 registers, and a tile also holds its channel vectors
+/// and a broadcast pixel.
+const ACCUMULATORS: usize = 12;
+/// Channel vectors per tile at most: with more, 12 accumulators no longer fit beside them.
+const MAX_VECTORS: usize = 2;
+
+/// Channels rounded up to whole vectors; packed weights and gradients pad with zeros.
+pub fn padded(channels: usize) -> usize {
+    channels.next_multiple_of(LANES)
+}
+
+/// A run of channel vectors that one tile covers.
+#[derive(Clone, Copy)]
+struct Block {
+    first: usize,
+    vectors: usize,
+}
+
+impl Block {
+    fn width(&self) -> usize {
+        self.vectors * LANES
+    }
+}
+
+/// The blocks of `channels` channels: [`MAX_VECTORS`] vectors each, the last one what is left.
+fn blocks(channels: usize) -> impl Iterator<Item = Block> {
+    let vectors = padded(channels) / LANES;
+    (0..vectors).step_by(MAX_VECTORS).map(move |v| Block { first: v * LANES, vectors: (vectors - v).min(MAX_VECTORS) })
+}
+
+/// `items × channels` stored channels last, block by block: `[block][item][channel of the
+/// block]`, channels padded to whole vectors.
+#[derive(Clone, Copy, Debug)]
+pub struct Blocked {
+    pub items: usize,
+    pub channels: usize,
+}
+
+impl Blocked {
+    pub fn len(&self) -> usize {
+        self.items * padded(self.channels)
+    }
+
+    pub fn index(&self, item: usize, channel: usize) -> usize {
+        let block_len = MAX_VECTORS * LANES;
+        let first = channel / block_len * block_len;
+        let width = block_len.min(padded(self.channels) - first);
+        self.items * first + item * width + channel - first
+    }
+
+    /// The run of `block`'s channels for every item.
+    fn block<'a>(&self, data: &'a [f32], block: Block) -> &'a [f32] {
+        &data[self.items * block.first..][..self.items * block.width()]
+    }
+
+    fn block_mut<'a>(&self, data: &'a mut [f32], block: Block) -> &'a mut [f32] {
+        &mut data[self.items * block.first..][..self.items * block.width()]
+    }
+}
+
+/// The vector operations the kernels use, for one vector type: AVX2 registers where the CPU
+/// has AVX2 and FMA, plain arrays (which LLVM vectorizes as far as the target allows)
+/// elsewhere.
+pub trait Simd: Copy {
+    type V: Copy;
+    fn zero(self) -> Self::V;
+    fn load(self, v: &[f32; LANES]) -> Self::V;
+    /// `acc + x·w`.
+    fn mul_add(self, x: f32, w: Self::V, acc: Self::V) -> Self::V;
+    fn store(self, v: Self::V) -> Vector;
+}
+
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Simd for Portable {
+    type V = Vector;
+
+    #[inline(always)]
+    fn zero(self) -> Vector {
+        [0.0; LANES]
+    }
+
+    #[inline(always)]
+    fn load(self, v: &Vector) -> Vector {
+        *v
+    }
+
+    /// Two roundings: `f32::mul_add` is a library call on CPUs without FMA.
+    #[inline(always)]
+    fn mul_add(self, x: f32, w: Vector, acc: Vector) -> Vector {
+        array::from_fn(|l| x * w[l] + acc[l])
+    }
+
+    #[inline(always)]
+    fn store(self, v: Vector) -> Vector {
+        v
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+
+    use super::{Kernel, Simd, Vector};
+
+    /// AVX2 and FMA: [`Avx2::detect`] hands one out only on a CPU that has them.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx2(());
+
+    impl Avx2 {
+        pub fn detect() -> Option<Self> {
+            let supported = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            supported.then_some(Avx2(()))
+        }
+
+        pub fn run(self, kernel: impl Kernel) {
+            // SAFETY: `self` proves the CPU has the features `run_with` is compiled for.
+            unsafe { run_with(self, kernel) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_with<K: Kernel>(simd: Avx2, kernel: K) {
+        kernel.run(simd);
+    }
+
+    // SAFETY (every `unsafe` below): an `Avx2` exists only on a CPU with AVX2 and FMA, and
+    // loads and stores go through whole `[f32; 8]` arrays.
+    impl Simd for Avx2 {
+        type V = __m256;
+
+        #[inline(always)]
+        fn zero(self) -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+
+        #[inline(always)]
+        fn load(self, v: &Vector) -> __m256 {
+            unsafe { _mm256_loadu_ps(v.as_ptr()) }
+        }
+
+        #[inline(always)]
+        fn mul_add(self, x: f32, w: __m256, acc: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(_mm256_set1_ps(x), w, acc) }
+        }
+
+        #[inline(always)]
+        fn store(self, v: __m256) -> Vector {
+            let mut out = [0.0; 8];
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+            out
+        }
+    }
+}
+
+/// Work that runs on the vectors an [`Isa`] names. Implementations mark `run`
+/// `#[inline(always)]`, so that it compiles inside the AVX2 entry point with its target
+/// features (the default x86-64 target has neither AVX nor FMA).
+pub trait Kernel {
+    fn run<S: Simd>(self, simd: S);
+}
+
+/// Which kernels run: the best the CPU has, or the portable ones everywhere.
+#[derive(Clone, Copy, Debug)]
+pub struct Isa(Kind);
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    #[cfg(target_arch = "x86_64")]
+    Avx2(avx2::Avx2),
+    Portable,
+}
+
+impl Isa {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx2) = avx2::Avx2::detect() {
+            return Isa(Kind::Avx2(avx2));
+        }
+        Isa::portable()
+    }
+
+    pub fn portable() -> Self {
+        Isa(Kind::Portable)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx2(_) => "AVX2+FMA",
+            Kind::Portable => "portable",
+        }
+    }
+
+    pub fn run(self, kernel: impl Kernel) {
+        match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx2(avx2) => avx2.run(kernel),
+            Kind::Portable => kernel.run(Portable),
+        }
+    }
+}
+
+/// Calls `$tile::<_, N, CV>($args)` for a runtime `(cv, n)`: every tile shape whose
+/// `N × CV` accumulators fit in [`ACCUMULATORS`].
+macro_rules! with_tile {
+    ($cv:expr, $n:expr, $tile:ident($($arg:expr),*)) => {
+        with_tile!(@arms ($cv, $n), $tile, ($($arg),*);
+            1: 1 2 3 4 5 6 7 8 9 10 11 12;
+            2: 1 2 3 4 5 6)
+    };
+    (@arms $key:expr, $tile:ident, $args:tt; $($cv:literal: $($n:literal)*);*) => {
+        match $key {
+            $($(($cv, $n) => with_tile!(@call $tile, $n, $cv, $args),)*)*
+            (cv, n) => unreachable!("a tile of {n} × {cv} vectors does not fit in {ACCUMULATORS} accumulators"),
+        }
+    };
+    (@call $tile:ident, $n:literal, $cv:literal, ($($arg:expr),*)) => {
+        $tile::<_, $n, $cv>($($arg),*)
+    };
+}
+
+/// How many of `len` pixels or taps a tile of `block` takes: as many as fit, evened out so
+/// that the last tile is not much shorter than the others.
+fn tile_len(len: usize, block: Block) -> usize {
+    let most = ACCUMULATORS / block.vectors;
+    len.div_ceil(len.div_ceil(most).max(1)).max(1)
+}
+
+/// `channels` planes of `height × width`, as a convolution reads them (padding included).
+#[derive(Clone, Copy, Debug)]
+pub struct Planes {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Planes {
+    /// The padded input of the forward pass and the filter gradient.
+    pub fn input(s: &ConvShape) -> Self {
+        Planes { channels: s.c_in, height: s.height + 2 * s.pad, width: s.width + 2 * s.pad }
+    }
+
+    /// The padded output gradient that the backward data pass convolves: a full convolution,
+    /// so `K - 1 - pad` zeros around each plane (a crop when `pad` exceeds `K - 1`).
+    pub fn output_grad(s: &ConvShape) -> Self {
+        let grow = s.kernel - 1;
+        Planes { channels: s.c_out, height: s.height + grow, width: s.width + grow }
+    }
+
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Output size of a `kernel × kernel` valid convolution over these planes.
+    fn out(&self, kernel: usize) -> (usize, usize) {
+        (self.height + 1 - kernel, self.width + 1 - kernel)
+    }
+}
+
+/// Copies planes of `height × width` from `src` into `dst`, laid out as `planes`, moved
+/// `shift` pixels down and right: zeros where nothing lands, cropped where it falls outside.
+pub fn pad_planes(src: &[f32], height: usize, width: usize, shift: isize, planes: Planes, dst: &mut [f32]) {
+    dst.fill(0.0);
+    let inside = |len: usize, to: usize| {
+        let start = (-shift).clamp(0, len as isize) as usize;
+        start..(to as isize - shift).clamp(start as isize, len as isize) as usize
+    };
+    let (rows, cols) = (inside(height, planes.height), inside(width, planes.width));
+    let to = |i: usize| (i as isize + shift) as usize;
+    for (src, dst) in src.chunks_exact(height * width).zip(dst.chunks_exact_mut(planes.height * planes.width)) {
+        for y in rows.clone() {
+            let from = &src[y * width..][cols.clone()];
+            dst[to(y) * planes.width + to(cols.start)..][..from.len()].copy_from_slice(from);
+        }
+    }
+}
+
+/// Packs `W[co][ci][ky][kx]` for the forward pass, taps `(ci, ky, kx)` by `co`, and the bias.
+pub fn pack_forward(s: &ConvShape, weight: &[f32], bias: &[f32], dst: &mut [f32], dst_bias: &mut [f32]) {
+    let layout = Blocked { items: s.patch(), channels: s.c_out };
+    dst.fill(0.0);
+    for (co, filter) in weight.chunks_exact(s.patch()).enumerate() {
+        for (tap, &w) in filter.iter().enumerate() {
+            dst[layout.index(tap, co)] = w;
+        }
+    }
+    dst_bias.fill(0.0);
+    dst_bias[..s.c_out].copy_from_slice(bias);
+}
+
+/// Packs `W[co][ci][ky][kx]` for the backward data pass, taps `(co, ky, kx)` by `ci`, each
+/// filter turned 180°.
+pub fn pack_backward_data(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
+    let k = s.kernel;
+    let layout = Blocked { items: s.c_out * k * k, channels: s.c_in };
+    dst.fill(0.0);
+    for (i, &w) in weight.iter().enumerate() {
+        let (filter, kx) = (i / k, i % k);
+        let (filter, ky) = (filter / k, filter % k);
+        let (co, ci) = (filter / s.c_in, filter % s.c_in);
+        dst[layout.index((co * k + (k - 1 - ky)) * k + (k - 1 - kx), ci)] = w;
+    }
+}
+
+/// Writes one image's output gradient `[channel][pixel]` blocked channels last, and adds
+/// each channel's sum into `bias_grad`.
+pub fn pack_output_grad(dy: &[f32], pixels: usize, dst: &mut [f32], bias_grad: &mut [f32]) {
+    let layout = Blocked { items: pixels, channels: bias_grad.len() };
+    dst.fill(0.0);
+    let mut planes = dy.chunks_exact(pixels).zip(bias_grad.iter_mut());
+    for block in blocks(layout.channels) {
+        let dst = layout.block_mut(dst, block);
+        for (c, (plane, b)) in planes.by_ref().take(block.width()).enumerate() {
+            for (dst, &v) in dst[c..].iter_mut().step_by(block.width()).zip(plane) {
+                *dst = v;
+            }
+            *b += plane.iter().sum::<f32>();
+        }
+    }
+}
+
+/// The first `CV` vectors of `src`.
+#[inline(always)]
+fn load<S: Simd, const CV: usize>(simd: S, src: &[f32]) -> [S::V; CV] {
+    let src = &src[..CV * LANES];
+    array::from_fn(|v| simd.load(src[v * LANES..][..LANES].try_into().expect("a whole vector")))
+}
+
+/// One image's valid convolution of padded `planes` with weights packed taps by channels,
+/// [`Blocked`].
+pub struct Conv<'a> {
+    pub input: &'a [f32],
+    pub planes: Planes,
+    pub kernel: usize,
+    pub weights: &'a [f32],
+    pub out_channels: usize,
+    /// Added to every output: the bias, padded to whole vectors.
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+    /// Add to `out` instead of overwriting it.
+    pub accumulate: bool,
+    pub out: &'a mut [f32],
+}
+
+impl Kernel for Conv<'_> {
+    #[inline(always)]
+    fn run<S: Simd>(mut self, simd: S) {
+        let (ho, wo) = self.planes.out(self.kernel);
+        let taps = self.planes.channels * self.kernel * self.kernel;
+        let layout = Blocked { items: taps, channels: self.out_channels };
+        for block in blocks(self.out_channels) {
+            let weights = layout.block(self.weights, block);
+            let px = tile_len(wo, block);
+            for oy in 0..ho {
+                for ox in (0..wo).step_by(px) {
+                    let px = px.min(wo - ox);
+                    with_tile!(block.vectors, px, conv_tile(simd, &mut self, weights, block.first, oy, ox));
+                }
+            }
+        }
+    }
+}
+
+/// Output pixels `ox..ox + PX` of row `oy`, `CV` vectors of channels from `first`.
+#[inline(always)]
+fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
+    simd: S,
+    c: &mut Conv,
+    weights: &[f32],
+    first: usize,
+    oy: usize,
+    ox: usize,
+) {
+    let (k, planes) = (c.kernel, c.planes);
+    let init = c.bias.map_or([simd.zero(); CV], |b| load(simd, &b[first..]));
+    let mut acc = [init; PX];
+    let mut taps = weights.chunks_exact(CV * LANES);
+    for plane in c.input.chunks_exact(planes.height * planes.width) {
+        for ky in 0..k {
+            let row = &plane[(oy + ky) * planes.width + ox..][..k - 1 + PX];
+            for (xs, w) in row.windows(PX).zip(taps.by_ref()) {
+                let w = load::<S, CV>(simd, w);
+                for px in 0..PX {
+                    for v in 0..CV {
+                        acc[px][v] = simd.mul_add(xs[px], w[v], acc[px][v]);
+                    }
+                }
+            }
+        }
+    }
+    let (ho, wo) = planes.out(k);
+    let at = oy * wo + ox;
+    let tile = spill(simd, &acc);
+    for (px, tile) in tile.iter().enumerate() {
+        for (v, values) in tile.iter().enumerate() {
+            store_channels(c, values, first + v * LANES, ho * wo, at + px);
+        }
+    }
+}
+
+/// The accumulators as floats. Each iteration is one store, so these loops unroll fully and
+/// `acc` is only ever indexed by constants; anything that leaves it indexed at run time keeps
+/// it in memory throughout the reduction.
+#[inline(always)]
+fn spill<S: Simd, const N: usize, const CV: usize>(simd: S, acc: &[[S::V; CV]; N]) -> [[Vector; CV]; N] {
+    let mut tile = [[[0.0; LANES]; CV]; N];
+    for i in 0..N {
+        for v in 0..CV {
+            tile[i][v] = simd.store(acc[i][v]);
+        }
+    }
+    tile
+}
+
+/// Stores the output pixel at `at` of the channels `first..first + LANES` that exist.
+#[inline(always)]
+fn store_channels(c: &mut Conv, values: &Vector, first: usize, plane: usize, at: usize) {
+    for (co, &value) in (first..c.out_channels).zip(values) {
+        let out = &mut c.out[co * plane + at];
+        let value = if c.relu { value.max(0.0) } else { value };
+        *out = if c.accumulate { *out + value } else { value };
+    }
+}
+
+/// The filter gradient of a group of images, taps `(ci, ky, kx)` by `co`, [`Blocked`].
+pub struct FilterGrad<'a> {
+    /// Each image's padded input planes.
+    pub input: &'a [f32],
+    pub planes: Planes,
+    pub kernel: usize,
+    /// Each image's output gradient, pixels by channels, [`Blocked`].
+    pub dy: &'a [f32],
+    pub out_channels: usize,
+    pub out: &'a mut [f32],
+}
+
+impl Kernel for FilterGrad<'_> {
+    #[inline(always)]
+    fn run<S: Simd>(mut self, simd: S) {
+        let taps = self.planes.channels * self.kernel * self.kernel;
+        for block in blocks(self.out_channels) {
+            let n = tile_len(taps, block);
+            for tap in (0..taps).step_by(n) {
+                with_tile!(block.vectors, n.min(taps - tap), filter_tile(simd, &mut self, block, tap));
+            }
+        }
+    }
+}
+
+/// Taps `first_tap..first_tap + T` of one block of `CV` channel vectors, summed over every
+/// pixel of every image.
+#[inline(always)]
+fn filter_tile<S: Simd, const T: usize, const CV: usize>(simd: S, g: &mut FilterGrad, block: Block, first_tap: usize) {
+    let (k, planes) = (g.kernel, g.planes);
+    let (ho, wo) = planes.out(k);
+    let dy_layout = Blocked { items: ho * wo, channels: g.out_channels };
+    let offsets: [usize; T] = array::from_fn(|t| {
+        let (ci, tap) = ((first_tap + t) / (k * k), (first_tap + t) % (k * k));
+        (ci * planes.height + tap / k) * planes.width + tap % k
+    });
+    // What each tap reads of an image: the pixels its output pixels see, row by row.
+    let span = (ho - 1) * planes.width + wo;
+    let mut acc = [[simd.zero(); CV]; T];
+    for (x, dy) in g.input.chunks_exact(planes.len()).zip(g.dy.chunks_exact(dy_layout.len())) {
+        let dy = dy_layout.block(dy, block);
+        let taps: [&[f32]; T] = array::from_fn(|t| &x[offsets[t]..][..span]);
+        for (row, dy) in (0..span).step_by(planes.width).zip(dy.chunks_exact(wo * CV * LANES)) {
+            for (at, d) in (row..row + wo).zip(dy.chunks_exact(CV * LANES)) {
+                let d = load::<S, CV>(simd, d);
+                for t in 0..T {
+                    for v in 0..CV {
+                        acc[t][v] = simd.mul_add(taps[t][at], d[v], acc[t][v]);
+                    }
+                }
+            }
+        }
+    }
+    let out_layout = Blocked { items: planes.channels * k * k, channels: g.out_channels };
+    let out = &mut out_layout.block_mut(g.out, block)[first_tap * CV * LANES..];
+    let tile = spill(simd, &acc);
+    for (out, values) in out.chunks_exact_mut(LANES).zip(tile.iter().flatten()) {
+        out.copy_from_slice(values);
+    }
+}
