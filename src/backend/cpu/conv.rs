@@ -19,6 +19,7 @@
 //! accumulators in memory.
 
 use std::array;
+use std::ops::Range;
 
 use super::super::ConvShape;
 
@@ -363,6 +364,9 @@ fn load<S: Simd, const CV: usize>(simd: S, src: &[f32]) -> [S::V; CV] {
 pub struct Conv<'a> {
     pub input: &'a [f32],
     pub planes: Planes,
+    /// The rows of `planes` that hold data: kernel rows that fall outside read only padding
+    /// and are skipped (most of the work of a full convolution over a small output gradient).
+    pub data_rows: Range<usize>,
     pub kernel: usize,
     pub weights: &'a [f32],
     pub out_channels: usize,
@@ -406,11 +410,13 @@ fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
     let (k, planes) = (c.kernel, c.planes);
     let init = c.bias.map_or([simd.zero(); CV], |b| load(simd, &b[first..]));
     let mut acc = [init; PX];
-    let mut taps = weights.chunks_exact(CV * LANES);
-    for plane in c.input.chunks_exact(planes.height * planes.width) {
-        for ky in 0..k {
+    let kernel_rows = c.data_rows.start.saturating_sub(oy)..c.data_rows.end.saturating_sub(oy).min(k);
+    let tap_row = k * CV * LANES;
+    for (plane, weights) in c.input.chunks_exact(planes.height * planes.width).zip(weights.chunks_exact(k * tap_row)) {
+        for ky in kernel_rows.clone() {
             let row = &plane[(oy + ky) * planes.width + ox..][..k - 1 + PX];
-            for (xs, w) in row.windows(PX).zip(taps.by_ref()) {
+            let taps = weights[ky * tap_row..][..tap_row].chunks_exact(CV * LANES);
+            for (xs, w) in row.windows(PX).zip(taps) {
                 let w = load::<S, CV>(simd, w);
                 for px in 0..PX {
                     for v in 0..CV {

@@ -274,6 +274,7 @@ impl Backend for CpuBackend {
                     self.isa.run(conv::Conv {
                         input,
                         planes,
+                        data_rows: s.pad..s.pad + s.height,
                         kernel,
                         weights,
                         out_channels,
@@ -302,6 +303,7 @@ impl Backend for CpuBackend {
         conv::pack_backward_data(s, &params[slot.weight()], weights);
         let planes = conv::Planes::output_grad(s);
         let shift = s.kernel as isize - 1 - s.pad as isize;
+        let data_rows = shift.max(0) as usize..(shift + s.h_out() as isize).clamp(0, planes.height as isize) as usize;
         let (dys, dxs) = (&dy[..s.out_len()], &mut dx[..s.in_len()]);
         self.pool.install(|| {
             dxs.par_chunks_mut(s.in_image()).zip(dys.par_chunks(s.out_image())).for_each(|(dx, dy)| {
@@ -311,6 +313,7 @@ impl Backend for CpuBackend {
                     self.isa.run(conv::Conv {
                         input,
                         planes,
+                        data_rows: data_rows.clone(),
                         kernel,
                         weights,
                         out_channels,
