@@ -339,15 +339,19 @@ pub fn pack_backward_data(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
 /// each channel's sum into `bias_grad`.
 pub fn pack_output_grad(dy: &[f32], pixels: usize, dst: &mut [f32], bias_grad: &mut [f32]) {
     let layout = Blocked { items: pixels, channels: bias_grad.len() };
-    dst.fill(0.0);
-    let mut planes = dy.chunks_exact(pixels).zip(bias_grad.iter_mut());
-    for block in blocks(layout.channels) {
-        let dst = layout.block_mut(dst, block);
-        for (c, (plane, b)) in planes.by_ref().take(block.width()).enumerate() {
-            for (dst, &v) in dst[c..].iter_mut().step_by(block.width()).zip(plane) {
-                *dst = v;
+    let (mut planes, mut sums) = (dy.chunks_exact(pixels), bias_grad.chunks_mut(MAX_VECTORS * LANES));
+    for (block, sums) in blocks(layout.channels).zip(&mut sums) {
+        let mut block_planes: [&[f32]; MAX_VECTORS * LANES] = [&[]; MAX_VECTORS * LANES];
+        let n = block_planes.iter_mut().zip(planes.by_ref().take(block.width())).map(|(b, p)| *b = p).count();
+        for (p, dst) in layout.block_mut(dst, block).chunks_exact_mut(block.width()).enumerate() {
+            for (d, plane) in dst.iter_mut().zip(&block_planes[..n]) {
+                *d = plane[p];
             }
-            *b += plane.iter().sum::<f32>();
+            dst[n..].fill(0.0);
+            // Across channels, so that the adds are independent lanes, not one long chain.
+            for (s, &d) in sums.iter_mut().zip(&*dst) {
+                *s += d;
+            }
         }
     }
 }
