@@ -60,21 +60,14 @@ fn blocks(channels: usize) -> impl Iterator<Item = Block> {
 /// `items × channels` stored channels last, block by block: `[block][item][channel of the
 /// block]`, channels padded to whole vectors.
 #[derive(Clone, Copy, Debug)]
-pub struct Blocked {
-    pub items: usize,
-    pub channels: usize,
+struct Blocked {
+    items: usize,
+    channels: usize,
 }
 
 impl Blocked {
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.items * padded(self.channels)
-    }
-
-    pub fn index(&self, item: usize, channel: usize) -> usize {
-        let block_len = MAX_VECTORS * LANES;
-        let first = channel / block_len * block_len;
-        let width = block_len.min(padded(self.channels) - first);
-        self.items * first + item * width + channel - first
     }
 
     /// The run of `block`'s channels for every item.
@@ -311,10 +304,14 @@ pub fn pad_planes(src: &[f32], height: usize, width: usize, shift: isize, planes
 /// Packs `W[co][ci][ky][kx]` for the forward pass, taps `(ci, ky, kx)` by `co`, and the bias.
 pub fn pack_forward(s: &ConvShape, weight: &[f32], bias: &[f32], dst: &mut [f32], dst_bias: &mut [f32]) {
     let layout = Blocked { items: s.patch(), channels: s.c_out };
-    dst.fill(0.0);
-    for (co, filter) in weight.chunks_exact(s.patch()).enumerate() {
-        for (tap, &w) in filter.iter().enumerate() {
-            dst[layout.index(tap, co)] = w;
+    let mut filters = weight.chunks_exact(s.patch());
+    for block in blocks(s.c_out) {
+        let dst = layout.block_mut(dst, block);
+        dst.fill(0.0);
+        for (c, filter) in filters.by_ref().take(block.width()).enumerate() {
+            for (run, &w) in dst.chunks_exact_mut(block.width()).zip(filter) {
+                run[c] = w;
+            }
         }
     }
     dst_bias.fill(0.0);
@@ -324,14 +321,21 @@ pub fn pack_forward(s: &ConvShape, weight: &[f32], bias: &[f32], dst: &mut [f32]
 /// Packs `W[co][ci][ky][kx]` for the backward data pass, taps `(co, ky, kx)` by `ci`, each
 /// filter turned 180°.
 pub fn pack_backward_data(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
-    let k = s.kernel;
-    let layout = Blocked { items: s.c_out * k * k, channels: s.c_in };
-    dst.fill(0.0);
-    for (i, &w) in weight.iter().enumerate() {
-        let (filter, kx) = (i / k, i % k);
-        let (filter, ky) = (filter / k, filter % k);
-        let (co, ci) = (filter / s.c_in, filter % s.c_in);
-        dst[layout.index((co * k + (k - 1 - ky)) * k + (k - 1 - kx), ci)] = w;
+    let kk = s.kernel * s.kernel;
+    let layout = Blocked { items: s.c_out * kk, channels: s.c_in };
+    for block in blocks(s.c_in) {
+        let dst = layout.block_mut(dst, block);
+        dst.fill(0.0);
+        let runs = dst.chunks_exact_mut(kk * block.width());
+        for (runs, filters) in runs.zip(weight.chunks_exact(s.c_in * kk)) {
+            let filters = filters.chunks_exact(kk).skip(block.first).take(block.width());
+            for (c, filter) in filters.enumerate() {
+                // Tap (ky, kx) of the turned filter is tap (K-1-ky, K-1-kx) of the filter.
+                for (run, &w) in runs.chunks_exact_mut(block.width()).zip(filter.iter().rev()) {
+                    run[c] = w;
+                }
+            }
+        }
     }
 }
 
@@ -351,6 +355,19 @@ pub fn pack_output_grad(dy: &[f32], pixels: usize, dst: &mut [f32], bias_grad: &
             // Across channels, so that the adds are independent lanes, not one long chain.
             for (s, &d) in sums.iter_mut().zip(&*dst) {
                 *s += d;
+            }
+        }
+    }
+}
+
+/// Unpacks a filter gradient, taps by channels [`Blocked`], into `W[co][(ci, ky, kx)]`.
+pub fn unpack_filter_grad(src: &[f32], out_channels: usize, dst: &mut [f32]) {
+    let layout = Blocked { items: dst.len() / out_channels, channels: out_channels };
+    let mut filters = dst.chunks_exact_mut(layout.items);
+    for block in blocks(out_channels) {
+        for (c, filter) in filters.by_ref().take(block.width()).enumerate() {
+            for (w, run) in filter.iter_mut().zip(layout.block(src, block).chunks_exact(block.width())) {
+                *w = run[c];
             }
         }
     }

@@ -358,15 +358,15 @@ impl Backend for CpuBackend {
                 });
             });
         });
-        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
-        let (dw, db) = grads.split_at_mut(s.weight_len());
-        let layout = conv::Blocked { items: taps, channels: s.c_out };
-        for (co, (filter, b)) in dw.chunks_exact_mut(taps).zip(db).enumerate() {
-            for (tap, w) in filter.iter_mut().enumerate() {
-                *w = partials.chunks_exact(partial_len).map(|p| p[layout.index(tap, co)]).sum();
+        let (sum, rest) = partials.split_at_mut(partial_len);
+        for partial in rest.chunks_exact(partial_len) {
+            for (s, p) in sum.iter_mut().zip(partial) {
+                *s += p;
             }
-            *b = partials.chunks_exact(partial_len).map(|p| p[taps * stride + co]).sum();
         }
+        let (dw, db) = grads[slot.offset..slot.offset + slot.len()].split_at_mut(s.weight_len());
+        conv::unpack_filter_grad(&sum[..taps * stride], s.c_out, dw);
+        db.copy_from_slice(&sum[taps * stride..][..s.c_out]);
     }
 
     fn relu_backward(&self, len: usize, y: &Vec<f32>, dy: &mut Vec<f32>) {
