@@ -448,11 +448,15 @@ fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
         }
     }
     let (ho, wo) = planes.out(k);
-    let at = oy * wo + ox;
     let tile = spill(simd, &acc);
-    for (px, tile) in tile.iter().enumerate() {
-        for (v, values) in tile.iter().enumerate() {
-            store_channels(c, values, first + v * LANES, ho * wo, at + px);
+    for (i, co) in (first..c.out_channels.min(first + CV * LANES)).enumerate() {
+        let out = &mut c.out[co * ho * wo + oy * wo + ox..][..PX];
+        let values = tile.iter().map(|px| px[i / LANES][i % LANES]);
+        let values = values.map(|v| if c.relu { v.max(0.0) } else { v });
+        if c.accumulate {
+            out.iter_mut().zip(values).for_each(|(o, v)| *o += v);
+        } else {
+            out.iter_mut().zip(values).for_each(|(o, v)| *o = v);
         }
     }
 }
@@ -469,16 +473,6 @@ fn spill<S: Simd, const N: usize, const CV: usize>(simd: S, acc: &[[S::V; CV]; N
         }
     }
     tile
-}
-
-/// Stores the output pixel at `at` of the channels `first..first + LANES` that exist.
-#[inline(always)]
-fn store_channels(c: &mut Conv, values: &Vector, first: usize, plane: usize, at: usize) {
-    for (co, &value) in (first..c.out_channels).zip(values) {
-        let out = &mut c.out[co * plane + at];
-        let value = if c.relu { value.max(0.0) } else { value };
-        *out = if c.accumulate { *out + value } else { value };
-    }
 }
 
 /// The filter gradient of a group of images, taps `(ci, ky, kx)` by `co`, [`Blocked`].
