@@ -283,9 +283,20 @@ impl Planes {
     }
 }
 
-/// Copies planes of `height × width` from `src` into `dst`, laid out as `planes`, moved
-/// `shift` pixels down and right: zeros where nothing lands, cropped where it falls outside.
-pub fn pad_planes(src: &[f32], height: usize, width: usize, shift: isize, planes: Planes, dst: &mut [f32]) {
+/// Planes of `height × width` from `src` laid out as `planes`, moved `shift` pixels down and
+/// right: zeros where nothing lands, cropped where it falls outside. That is `src` itself
+/// when nothing moves, else a copy in `dst`.
+pub fn pad_planes<'a>(
+    src: &'a [f32],
+    height: usize,
+    width: usize,
+    shift: isize,
+    planes: Planes,
+    dst: &'a mut [f32],
+) -> &'a [f32] {
+    if shift == 0 && (height, width) == (planes.height, planes.width) {
+        return &src[..dst.len()];
+    }
     dst.fill(0.0);
     let inside = |len: usize, to: usize| {
         let start = (-shift).clamp(0, len as isize) as usize;
@@ -299,6 +310,7 @@ pub fn pad_planes(src: &[f32], height: usize, width: usize, shift: isize, planes
             dst[to(y) * planes.width + to(cols.start)..][..from.len()].copy_from_slice(from);
         }
     }
+    dst
 }
 
 /// Packs `W[co][ci][ky][kx]` for the forward pass, taps `(ci, ky, kx)` by `co`, and the bias.

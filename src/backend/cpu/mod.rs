@@ -266,8 +266,8 @@ impl Backend for CpuBackend {
         let (xs, ys) = (&x[..s.in_len()], &mut y[..s.out_len()]);
         self.pool.install(|| {
             ys.par_chunks_mut(s.out_image()).zip(xs.par_chunks(s.in_image())).for_each(|(y, x)| {
-                with_scratch(planes.len(), 0, |input, _| {
-                    conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, input);
+                with_scratch(planes.len(), 0, |scratch, _| {
+                    let input = conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
                     let (weights, bias) = (&*weights, Some(&*bias));
                     let kernel = s.kernel;
                     let out_channels = s.c_out;
@@ -307,8 +307,8 @@ impl Backend for CpuBackend {
         let (dys, dxs) = (&dy[..s.out_len()], &mut dx[..s.in_len()]);
         self.pool.install(|| {
             dxs.par_chunks_mut(s.in_image()).zip(dys.par_chunks(s.out_image())).for_each(|(dx, dy)| {
-                with_scratch(planes.len(), 0, |input, _| {
-                    conv::pad_planes(dy, s.h_out(), s.w_out(), shift, planes, input);
+                with_scratch(planes.len(), 0, |scratch, _| {
+                    let input = conv::pad_planes(dy, s.h_out(), s.w_out(), shift, planes, scratch);
                     let (weights, kernel, out_channels) = (&*weights, s.kernel, s.c_in);
                     self.isa.run(conv::Conv {
                         input,
@@ -347,8 +347,8 @@ impl Backend for CpuBackend {
                 let x = &x[images.start * s.in_image()..images.end * s.in_image()];
                 let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
                 let (out, bias_grad) = partial.split_at_mut(taps * stride);
-                with_scratch(images.len() * planes.len(), images.len() * pixels * stride, |input, dy_last| {
-                    conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, input);
+                with_scratch(images.len() * planes.len(), images.len() * pixels * stride, |scratch, dy_last| {
+                    let input = conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
                     bias_grad.fill(0.0);
                     for (dy, dy_last) in dy.chunks_exact(s.out_image()).zip(dy_last.chunks_exact_mut(pixels * stride)) {
                         conv::pack_output_grad(dy, pixels, dy_last, &mut bias_grad[..s.c_out]);
