@@ -489,17 +489,14 @@ impl Backend for CpuBackend {
 /// does; `idx` holds its position within the plane.
 fn maxpool_plane(width: usize, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
     let wo = width / 2;
-    for (o, (y, idx)) in y.iter_mut().zip(idx.iter_mut()).enumerate() {
-        let (oy, ox) = (o / wo, o % wo);
-        let top = 2 * oy * width + 2 * ox;
-        let mut best = top;
-        for i in [top + 1, top + width, top + width + 1] {
-            if x[i] > x[best] {
-                best = i;
-            }
+    let rows = y.chunks_exact_mut(wo).zip(idx.chunks_exact_mut(wo));
+    for (oy, ((y, idx), pair)) in rows.zip(x.chunks_exact(2 * width)).enumerate() {
+        for (ox, (y, idx)) in y.iter_mut().zip(idx).enumerate() {
+            let scan = [2 * ox, 2 * ox + 1, width + 2 * ox, width + 2 * ox + 1];
+            let at = scan.into_iter().reduce(|best, i| if pair[i] > pair[best] { i } else { best }).expect("4 values");
+            *y = pair[at];
+            *idx = (2 * oy * width + at) as u32;
         }
-        *y = x[best];
-        *idx = best as u32;
     }
 }
 
