@@ -529,15 +529,19 @@ impl Net {
         b.linear_backward_data(&fc, &ws.d_logits, params, self.fc.slot, &mut ws.d_stage2);
         self.stage2.backward(b, batch, params, grads, &ws.p2, &mut ws.stage2, &mut ws.d_stage2);
 
-        b.maxpool_backward(&Self::pool(&self.conv2, batch), &ws.d_stage2, &ws.argmax2, &mut ws.d_c2);
-        b.relu_backward(self.conv2.shape(batch).out_len(), &ws.c2, &mut ws.d_c2);
+        // ReLU, then max-pool: the pool hands each gradient to its window's maximum, which is
+        // the pooled value, so the ReLU's mask applies on the pooled side, a quarter the size.
+        let pool2 = Self::pool(&self.conv2, batch);
+        b.relu_backward(pool2.out_len(), &ws.p2, &mut ws.d_stage2);
+        b.maxpool_backward(&pool2, &ws.d_stage2, &ws.argmax2, &mut ws.d_c2);
         let conv2 = self.conv2.shape(batch);
         b.conv2d_backward_params(&conv2, ws.stage1.out(), &ws.d_c2, grads, self.conv2.slot);
         b.conv2d_backward_data(&conv2, &ws.d_c2, params, self.conv2.slot, &mut ws.d_stage1, false);
         self.stage1.backward(b, batch, params, grads, &ws.p1, &mut ws.stage1, &mut ws.d_stage1);
 
-        b.maxpool_backward(&Self::pool(&self.conv1, batch), &ws.d_stage1, &ws.argmax1, &mut ws.d_c1);
-        b.relu_backward(self.conv1.shape(batch).out_len(), &ws.c1, &mut ws.d_c1);
+        let pool1 = Self::pool(&self.conv1, batch);
+        b.relu_backward(pool1.out_len(), &ws.p1, &mut ws.d_stage1);
+        b.maxpool_backward(&pool1, &ws.d_stage1, &ws.argmax1, &mut ws.d_c1);
         b.conv2d_backward_params(&self.conv1.shape(batch), &ws.x, &ws.d_c1, grads, self.conv1.slot);
     }
 }
