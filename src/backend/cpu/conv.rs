@@ -392,10 +392,9 @@ fn load<S: Simd, const CV: usize>(simd: S, src: &[f32]) -> [S::V; CV] {
     array::from_fn(|v| simd.load(src[v * LANES..][..LANES].try_into().expect("a whole vector")))
 }
 
-/// One image's valid convolution of padded `planes` with weights packed taps by channels,
-/// [`Blocked`].
+/// A valid convolution of padded `planes` with weights packed taps by channels, [`Blocked`].
+/// It runs image by image, as [`ConvImage`]s.
 pub struct Conv<'a> {
-    pub input: &'a [f32],
     pub planes: Planes,
     /// The rows of `planes` that hold data: kernel rows that fall outside read only padding
     /// and are skipped (most of the work of a full convolution over a small output gradient).
@@ -406,19 +405,33 @@ pub struct Conv<'a> {
     /// Added to every output: the bias, padded to whole vectors.
     pub bias: Option<&'a [f32]>,
     pub relu: bool,
-    /// Add to `out` instead of overwriting it.
+    /// Add to the output instead of overwriting it.
     pub accumulate: bool,
+}
+
+impl Conv<'_> {
+    /// Floats of one image's output.
+    pub fn out_len(&self) -> usize {
+        let (ho, wo) = self.planes.out(self.kernel);
+        self.out_channels * ho * wo
+    }
+}
+
+/// One image of a [`Conv`]: its padded input planes and its output.
+pub struct ConvImage<'a> {
+    pub conv: &'a Conv<'a>,
+    pub input: &'a [f32],
     pub out: &'a mut [f32],
 }
 
-impl Kernel for Conv<'_> {
+impl Kernel for ConvImage<'_> {
     #[inline(always)]
     fn run<S: Simd>(mut self, simd: S) {
-        let (ho, wo) = self.planes.out(self.kernel);
-        let taps = self.planes.channels * self.kernel * self.kernel;
-        let layout = Blocked { items: taps, channels: self.out_channels };
-        for block in blocks(self.out_channels) {
-            let weights = layout.block(self.weights, block);
+        let c = self.conv;
+        let (ho, wo) = c.planes.out(c.kernel);
+        let layout = Blocked { items: c.planes.channels * c.kernel * c.kernel, channels: c.out_channels };
+        for block in blocks(c.out_channels) {
+            let weights = layout.block(c.weights, block);
             let px = tile_len(wo, block);
             for oy in 0..ho {
                 for ox in (0..wo).step_by(px) {
@@ -434,18 +447,21 @@ impl Kernel for Conv<'_> {
 #[inline(always)]
 fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
     simd: S,
-    c: &mut Conv,
+    image: &mut ConvImage,
     weights: &[f32],
     first: usize,
     oy: usize,
     ox: usize,
 ) {
+    let c = image.conv;
     let (k, planes) = (c.kernel, c.planes);
     let init = c.bias.map_or([simd.zero(); CV], |b| load(simd, &b[first..]));
     let mut acc = [init; PX];
     let kernel_rows = c.data_rows.start.saturating_sub(oy)..c.data_rows.end.saturating_sub(oy).min(k);
     let tap_row = k * CV * LANES;
-    for (plane, weights) in c.input.chunks_exact(planes.height * planes.width).zip(weights.chunks_exact(k * tap_row)) {
+    for (plane, weights) in
+        image.input.chunks_exact(planes.height * planes.width).zip(weights.chunks_exact(k * tap_row))
+    {
         for ky in kernel_rows.clone() {
             let row = &plane[(oy + ky) * planes.width + ox..][..k - 1 + PX];
             let taps = weights[ky * tap_row..][..tap_row].chunks_exact(CV * LANES);
@@ -462,7 +478,7 @@ fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
     let (ho, wo) = planes.out(k);
     let tile = spill(simd, &acc);
     for (i, co) in (first..c.out_channels.min(first + CV * LANES)).enumerate() {
-        let out = &mut c.out[co * ho * wo + oy * wo + ox..][..PX];
+        let out = &mut image.out[co * ho * wo + oy * wo + ox..][..PX];
         let values = tile.iter().map(|px| px[i / LANES][i % LANES]);
         let values = values.map(|v| if c.relu { v.max(0.0) } else { v });
         if c.accumulate {
