@@ -1,5 +1,6 @@
-//! Criterion benchmarks: a training step at the reference batch, an eval batch, and each
-//! convolution's three products, with throughput in images/s or FLOP/s.
+//! Criterion benchmarks: a training step at the reference batch (with the native and the
+//! portable convolution kernels), an eval batch, and each convolution's three products, with
+//! throughput in images/s or FLOP/s.
 //!
 //! `cargo bench` (CPU). Data are synthetic: the timing does not depend on pixel values.
 
@@ -10,10 +11,10 @@ use resnet_mnist::data::IMAGE_PIXELS;
 use resnet_mnist::model::{Model, Net};
 use resnet_mnist::train::{Recipe, EVAL_BATCH};
 
-fn model(capacity: usize) -> Model<CpuBackend> {
+fn model(backend: CpuBackend, capacity: usize) -> Model<CpuBackend> {
     let net = Net::new();
     let params = net.layout.init(0);
-    let mut model = Model::new(CpuBackend::new(0).expect("thread pool"), net, &params, capacity);
+    let mut model = Model::new(backend, net, &params, capacity);
     let images: Vec<f32> = (0..capacity * IMAGE_PIXELS).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
     model.ws.x[..images.len()].copy_from_slice(&images);
     model.ws.labels.iter_mut().enumerate().for_each(|(i, l)| *l = (i % 10) as u32);
@@ -23,12 +24,16 @@ fn model(capacity: usize) -> Model<CpuBackend> {
 fn step(c: &mut Criterion) {
     let recipe = Recipe::default();
     let mut group = c.benchmark_group("network");
-    let mut train = model(recipe.batch_size);
     group.throughput(Throughput::Elements(recipe.batch_size as u64));
-    group.bench_function(BenchmarkId::new("train_step", recipe.batch_size), |b| {
-        b.iter(|| train.train_step(recipe.batch_size, recipe.lr, recipe.momentum))
-    });
-    let mut eval = model(EVAL_BATCH);
+    let backend = || CpuBackend::new(0).expect("thread pool");
+    // The kernels of CPUs without AVX2 and FMA, for comparison.
+    for (name, backend) in [("train_step", backend()), ("train_step_portable", backend().with_portable_kernels())] {
+        let mut train = model(backend, recipe.batch_size);
+        group.bench_function(BenchmarkId::new(name, recipe.batch_size), |b| {
+            b.iter(|| train.train_step(recipe.batch_size, recipe.lr, recipe.momentum))
+        });
+    }
+    let mut eval = model(backend(), EVAL_BATCH);
     group.throughput(Throughput::Elements(EVAL_BATCH as u64));
     group.bench_function(BenchmarkId::new("eval_batch", EVAL_BATCH), |b| {
         b.iter(|| {
