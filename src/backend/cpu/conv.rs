@@ -1,7 +1,7 @@
 //! Direct convolutions (stride 1, zero padding) for the CPU backend.
 //!
-//! Every product accumulates outer products in registers: a tile of a few output pixels (or,
-//! for the filter gradient, a few filter taps) by up to four 8-wide vectors of channels, summed
+//! Every product accumulates outer products in registers: a tile of up to 12 output pixels
+//! (or, for the filter gradient, filter taps) by one or two 8-wide vectors of channels, summed
 //! over the whole reduction and stored once. Nothing is laid out as im2col columns and nothing
 //! is packed per product; the only copies are zero-padded input planes and, for the filter
 //! gradient, the output gradient with its channels last.
@@ -11,7 +11,7 @@
 //! backward data    dx[ci][i]          =         Σ W[co][ci][K-ky][K-kx] · dypad[co][i + (ky, kx)]
 //! backward filter  dW[co][ci][ky][kx] =         Σ dy[co][o]             · xpad[ci][o + (ky, kx)]
 //! ```
-//! (`K-ky` short for `K-1-ky`.) The first two are one kernel, [`Conv`], over packed weights;
+//! (`K-ky` short for `K-1-ky`.) The first two are one kernel, [`ConvImage`], over packed weights;
 //! the third is [`FilterGrad`]. Channels go in blocks of up to two vectors, one block per
 //! tile, and whatever is stored channels last (packed weights, the output gradient, the filter
 //! gradient) is stored block by block ([`Blocked`]), so that a tile reads one contiguous run
