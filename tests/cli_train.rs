@@ -67,7 +67,9 @@ fn bench_prints_one_json_line() {
         .assert()
         .success()
         .stdout(
-            predicate::str::is_match(r#"^\{"device":"cpu \(\d+ threads\)",.*"train_images_per_s":[0-9.]+,.*\}\n$"#)
-                .unwrap(),
+            predicate::str::is_match(
+                r#"^\{"device":"cpu \(\d+ threads, (AVX2\+FMA|portable)\)",.*"train_images_per_s":[0-9.]+,.*\}\n$"#,
+            )
+            .unwrap(),
         );
 }
