@@ -165,6 +165,23 @@ fn linear_gradients_match_finite_differences() {
     }
 }
 
+/// Ties go to the first maximum in scan order (top-left, top-right, bottom-left,
+/// bottom-right), as in PyTorch, so that gradients land where PyTorch puts them.
+#[test]
+fn maxpool_keeps_the_first_maximum_of_a_window() {
+    let b = backend();
+    let s = PoolShape { batch: 1, channels: 1, height: 2, width: 8 };
+    #[rustfmt::skip]
+    let x = vec![
+        1.0, 1.0,   0.0, 2.0,   0.0, 1.0,   3.0, 0.0,
+        1.0, 1.0,   2.0, 1.0,   2.0, 2.0,   3.0, 3.0,
+    ];
+    let (mut y, mut idx) = (b.zeros(s.out_len()), b.zeros_idx(s.out_len()));
+    b.maxpool_forward(&s, &x, &mut y, &mut idx);
+    assert_eq!(y, [1.0, 2.0, 2.0, 3.0]);
+    assert_eq!(idx, [0, 3, 12, 6]);
+}
+
 #[test]
 fn maxpool_and_relu_gradients_match_finite_differences() {
     let b = backend();

@@ -485,16 +485,23 @@ impl Backend for CpuBackend {
 }
 
 /// Max of each 2×2 window of one plane, keeping the first maximum in scan order as PyTorch
-/// does; `idx` holds its position within the plane.
+/// does; `idx` holds its position within the plane. The first maximum of each row's pair,
+/// then of the two, is the same one, and the selects compile without branches, which random
+/// data would mispredict half the time.
 fn maxpool_plane(width: usize, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
     let wo = width / 2;
+    let first_max = |(a, i): (f32, usize), (b, j): (f32, usize)| if b > a { (b, j) } else { (a, i) };
     let rows = y.chunks_exact_mut(wo).zip(idx.chunks_exact_mut(wo));
     for (oy, ((y, idx), pair)) in rows.zip(x.chunks_exact(2 * width)).enumerate() {
-        for (ox, (y, idx)) in y.iter_mut().zip(idx).enumerate() {
-            let scan = [2 * ox, 2 * ox + 1, width + 2 * ox, width + 2 * ox + 1];
-            let at = scan.into_iter().reduce(|best, i| if pair[i] > pair[best] { i } else { best }).expect("4 values");
-            *y = pair[at];
-            *idx = (2 * oy * width + at) as u32;
+        let (top, bottom) = pair.split_at(width);
+        let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for (ox, ((y, idx), (top, bottom))) in y.iter_mut().zip(idx).zip(windows).enumerate() {
+            let at = 2 * oy * width + 2 * ox;
+            let upper = first_max((top[0], at), (top[1], at + 1));
+            let lower = first_max((bottom[0], at + width), (bottom[1], at + width + 1));
+            let (max, at) = first_max(upper, lower);
+            *y = max;
+            *idx = at as u32;
         }
     }
 }
