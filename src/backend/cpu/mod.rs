@@ -99,9 +99,9 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst (+)= a · b` with `dst` row-major `[a.rows, b.cols]`, single-threaded: callers
-/// parallelize over tasks, which beats splitting these small products.
-fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+/// `dst = a · b` with `dst` row-major `[a.rows, b.cols]`, single-threaded: the fc layer's
+/// products (a batch × 512 × 10) are too small to gain from splitting.
+fn matmul(dst: &mut [f32], a: Mat, b: Mat) {
     assert!(a.cols == b.rows && a.fits() && b.fits() && dst.len() >= a.rows * b.cols, "matmul shapes out of bounds");
     // SAFETY: the assert above keeps every index gemm touches inside the three slices.
     unsafe {
@@ -112,7 +112,7 @@ fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
             dst.as_mut_ptr(),
             1,
             b.cols as isize,
-            accumulate,
+            false,
             a.data.as_ptr(),
             a.cs as isize,
             a.rs as isize,
@@ -418,7 +418,7 @@ impl Backend for CpuBackend {
     fn linear_forward(&self, s: &LinearShape, x: &Vec<f32>, params: &Vec<f32>, slot: ParamSlot, y: &mut Vec<f32>) {
         let y = &mut y[..s.batch * s.outputs];
         let w = Mat::row_major(&params[slot.weight()], s.outputs, s.inputs);
-        matmul(y, Mat::row_major(&x[..s.batch * s.inputs], s.batch, s.inputs), w.t(), false);
+        matmul(y, Mat::row_major(&x[..s.batch * s.inputs], s.batch, s.inputs), w.t());
         for row in y.chunks_exact_mut(s.outputs) {
             for (v, b) in row.iter_mut().zip(&params[slot.bias()]) {
                 *v += b;
@@ -436,7 +436,7 @@ impl Backend for CpuBackend {
     ) {
         let w = Mat::row_major(&params[slot.weight()], s.outputs, s.inputs);
         let dy = Mat::row_major(&dy[..s.batch * s.outputs], s.batch, s.outputs);
-        matmul(&mut dx[..s.batch * s.inputs], dy, w, false);
+        matmul(&mut dx[..s.batch * s.inputs], dy, w);
     }
 
     fn linear_backward_params(
@@ -449,7 +449,7 @@ impl Backend for CpuBackend {
     ) {
         let dy = &dy[..s.batch * s.outputs];
         let x = Mat::row_major(&x[..s.batch * s.inputs], s.batch, s.inputs);
-        matmul(&mut grads[slot.weight()], Mat::row_major(dy, s.batch, s.outputs).t(), x, false);
+        matmul(&mut grads[slot.weight()], Mat::row_major(dy, s.batch, s.outputs).t(), x);
         let db = &mut grads[slot.bias()];
         db.fill(0.0);
         for row in dy.chunks_exact(s.outputs) {
