@@ -266,13 +266,6 @@ impl Planes {
         Planes { channels: s.c_in, height: s.height + 2 * s.pad, width: s.width + 2 * s.pad }
     }
 
-    /// The padded output gradient that the backward data pass convolves: a full convolution,
-    /// so `K - 1 - pad` zeros around each plane (a crop when `pad` exceeds `K - 1`).
-    pub fn output_grad(s: &ConvShape) -> Self {
-        let grow = s.kernel - 1;
-        Planes { channels: s.c_out, height: s.height + grow, width: s.width + grow }
-    }
-
     pub fn len(&self) -> usize {
         self.channels * self.height * self.width
     }
@@ -395,25 +388,78 @@ fn load<S: Simd, const CV: usize>(simd: S, src: &[f32]) -> [S::V; CV] {
 /// A valid convolution of padded `planes` with weights packed taps by channels, [`Blocked`].
 /// It runs image by image, as [`ConvImage`]s.
 pub struct Conv<'a> {
+    /// Each source image's planes (`height × width`), which go into `planes` moved `shift`
+    /// pixels down and right.
+    source: (usize, usize),
+    shift: isize,
     pub planes: Planes,
     /// The rows of `planes` that hold data: kernel rows that fall outside read only padding
     /// and are skipped (most of the work of a full convolution over a small output gradient).
-    pub data_rows: Range<usize>,
-    pub kernel: usize,
-    pub weights: &'a [f32],
-    pub out_channels: usize,
+    data_rows: Range<usize>,
+    kernel: usize,
+    weights: &'a [f32],
+    out_channels: usize,
     /// Added to every output: the bias, padded to whole vectors.
-    pub bias: Option<&'a [f32]>,
-    pub relu: bool,
+    bias: Option<&'a [f32]>,
+    relu: bool,
     /// Add to the output instead of overwriting it.
-    pub accumulate: bool,
+    accumulate: bool,
 }
 
-impl Conv<'_> {
+impl<'a> Conv<'a> {
+    /// The forward pass of `s`, over weights and bias from [`pack_forward`].
+    pub fn forward(s: &ConvShape, weights: &'a [f32], bias: &'a [f32], relu: bool) -> Self {
+        Conv {
+            source: (s.height, s.width),
+            shift: s.pad as isize,
+            planes: Planes::input(s),
+            data_rows: s.pad..s.pad + s.height,
+            kernel: s.kernel,
+            weights,
+            out_channels: s.c_out,
+            bias: Some(bias),
+            relu,
+            accumulate: false,
+        }
+    }
+
+    /// The backward data pass of `s`, over weights from [`pack_backward_data`]: a full
+    /// convolution of the output gradient, so `K - 1 - pad` zeros around each plane (a crop
+    /// when `pad` exceeds `K - 1`).
+    pub fn backward_data(s: &ConvShape, weights: &'a [f32], accumulate: bool) -> Self {
+        let grow = s.kernel - 1;
+        let planes = Planes { channels: s.c_out, height: s.height + grow, width: s.width + grow };
+        let shift = grow as isize - s.pad as isize;
+        let data_end = (shift + s.h_out() as isize).clamp(0, planes.height as isize) as usize;
+        Conv {
+            source: (s.h_out(), s.w_out()),
+            shift,
+            planes,
+            data_rows: shift.max(0) as usize..data_end,
+            kernel: s.kernel,
+            weights,
+            out_channels: s.c_in,
+            bias: None,
+            relu: false,
+            accumulate,
+        }
+    }
+
+    /// Floats of one source image.
+    pub fn in_len(&self) -> usize {
+        self.planes.channels * self.source.0 * self.source.1
+    }
+
     /// Floats of one image's output.
     pub fn out_len(&self) -> usize {
         let (ho, wo) = self.planes.out(self.kernel);
         self.out_channels * ho * wo
+    }
+
+    /// One source image laid out as `planes`: itself, or a padded copy in `scratch`.
+    pub fn pad<'b>(&self, src: &'b [f32], scratch: &'b mut [f32]) -> &'b [f32] {
+        let (height, width) = self.source;
+        pad_planes(src, height, width, self.shift, self.planes, scratch)
     }
 }
 

@@ -185,21 +185,12 @@ fn par_map2(a: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
 }
 
 impl CpuBackend {
-    /// Runs `conv` over every image of `src`, whose planes of `height × width` go into
-    /// `conv.planes` moved `shift` pixels, writing the images of `out`.
-    fn conv_images(
-        &self,
-        conv: &conv::Conv,
-        src: &[f32],
-        (height, width): (usize, usize),
-        shift: isize,
-        out: &mut [f32],
-    ) {
-        let in_image = conv.planes.channels * height * width;
+    /// Runs `conv` over every image of `src`, writing the images of `out`.
+    fn conv_images(&self, conv: &conv::Conv, src: &[f32], out: &mut [f32]) {
         self.pool.install(|| {
-            out.par_chunks_mut(conv.out_len()).zip(src.par_chunks(in_image)).for_each(|(out, src)| {
+            out.par_chunks_mut(conv.out_len()).zip(src.par_chunks(conv.in_len())).for_each(|(out, src)| {
                 with_scratch(conv.planes.len(), 0, |scratch, _| {
-                    let input = conv::pad_planes(src, height, width, shift, conv.planes, scratch);
+                    let input = conv.pad(src, scratch);
                     self.isa.run(conv::ConvImage { conv, input, out });
                 });
             });
@@ -285,17 +276,8 @@ impl Backend for CpuBackend {
         let mut packed = grown(&self.packed, (taps + 1) * stride);
         let (weights, bias) = packed[..(taps + 1) * stride].split_at_mut(taps * stride);
         conv::pack_forward(s, &params[slot.weight()], &params[slot.bias()], weights, bias);
-        let conv = conv::Conv {
-            planes: conv::Planes::input(s),
-            data_rows: s.pad..s.pad + s.height,
-            kernel: s.kernel,
-            weights,
-            out_channels: s.c_out,
-            bias: Some(bias),
-            relu,
-            accumulate: false,
-        };
-        self.conv_images(&conv, &x[..s.in_len()], (s.height, s.width), s.pad as isize, &mut y[..s.out_len()]);
+        let conv = conv::Conv::forward(s, weights, bias, relu);
+        self.conv_images(&conv, &x[..s.in_len()], &mut y[..s.out_len()]);
     }
 
     fn conv2d_backward_data(
@@ -311,19 +293,8 @@ impl Backend for CpuBackend {
         let mut packed = grown(&self.packed, len);
         let weights = &mut packed[..len];
         conv::pack_backward_data(s, &params[slot.weight()], weights);
-        let planes = conv::Planes::output_grad(s);
-        let shift = s.kernel as isize - 1 - s.pad as isize;
-        let conv = conv::Conv {
-            planes,
-            data_rows: shift.max(0) as usize..(shift + s.h_out() as isize).clamp(0, planes.height as isize) as usize,
-            kernel: s.kernel,
-            weights,
-            out_channels: s.c_in,
-            bias: None,
-            relu: false,
-            accumulate,
-        };
-        self.conv_images(&conv, &dy[..s.out_len()], (s.h_out(), s.w_out()), shift, &mut dx[..s.in_len()]);
+        let conv = conv::Conv::backward_data(s, weights, accumulate);
+        self.conv_images(&conv, &dy[..s.out_len()], &mut dx[..s.in_len()]);
     }
 
     fn conv2d_backward_params(
