@@ -56,7 +56,72 @@ fn conv_shapes() -> Vec<ConvShape> {
         conv(5, 2, 3, 4, 4, 3, 2),
         conv(4, 16, 16, 12, 12, 3, 1),
         conv(2, 18, 37, 5, 7, 3, 1),
+        // Output rows of whole vectors over few input channels (the row kernels), with and
+        // without padding, kernel rows wider than one filter-gradient tile, odd channels.
+        conv(2, 1, 13, 11, 20, 5, 0),
+        conv(3, 3, 7, 5, 8, 3, 1),
+        conv(1, 2, 3, 10, 14, 7, 0),
+        // The data gradient as a scatter, cropped by padding, over three channel vectors.
+        conv(2, 18, 6, 6, 7, 5, 1),
     ]
+}
+
+/// Every product of the convolution `s` in `f64` loops, term by term: `[y, dx, dW, db]`
+/// for input `x`, weights `w`, bias `b` and output gradient `dy`.
+fn direct_conv(s: &ConvShape, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> [Vec<f64>; 4] {
+    let (ho, wo, k) = (s.h_out(), s.w_out(), s.kernel);
+    let mut y: Vec<f64> = (0..s.out_len()).map(|i| f64::from(b[i / (ho * wo) % s.c_out])).collect();
+    let (mut dx, mut dw, mut db) = (vec![0.0; s.in_len()], vec![0.0; s.weight_len()], vec![0.0; s.c_out]);
+    for (n, co, oy, ox) in indices(s.batch, s.c_out, ho, wo) {
+        let o = ((n * s.c_out + co) * ho + oy) * wo + ox;
+        db[co] += f64::from(dy[o]);
+        for (ci, ky, kx) in indices(s.c_in, k, k, 1).map(|(ci, ky, kx, _)| (ci, ky, kx)) {
+            let (iy, ix) = ((oy + ky).checked_sub(s.pad), (ox + kx).checked_sub(s.pad));
+            let (Some(iy), Some(ix)) = (iy, ix) else { continue };
+            if iy >= s.height || ix >= s.width {
+                continue;
+            }
+            let (i, t) = (((n * s.c_in + ci) * s.height + iy) * s.width + ix, ((co * s.c_in + ci) * k + ky) * k + kx);
+            y[o] += f64::from(w[t]) * f64::from(x[i]);
+            dx[i] += f64::from(w[t]) * f64::from(dy[o]);
+            dw[t] += f64::from(x[i]) * f64::from(dy[o]);
+        }
+    }
+    [y, dx, dw, db]
+}
+
+/// `(a, b, c, d)` for every index below `(na, nb, nc, nd)`, the last fastest.
+fn indices(na: usize, nb: usize, nc: usize, nd: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    (0..na).flat_map(move |a| (0..nb).flat_map(move |b| (0..nc).flat_map(move |c| (0..nd).map(move |d| (a, b, c, d)))))
+}
+
+/// Element by element, each kernel path (channel tiles, row tiles, scatter) against the
+/// convolution written out term by term.
+#[test]
+fn conv_kernels_match_a_direct_convolution() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for b in both_kernels() {
+        for s in conv_shapes() {
+            let slot = ParamSlot { offset: 0, weight_len: s.weight_len(), bias_len: s.c_out };
+            let (x, params, dy) =
+                (random(&mut rng, s.in_len()), random(&mut rng, slot.len()), random(&mut rng, s.out_len()));
+            let mut y = b.zeros(s.out_len());
+            b.conv2d_forward(&s, &x, &params, slot, &mut y, false);
+            let mut dx = b.zeros(s.in_len());
+            b.conv2d_backward_data(&s, &dy, &params, slot, &mut dx, false);
+            let mut grads = b.zeros(slot.len());
+            b.conv2d_backward_params(&s, &x, &dy, &mut grads, slot);
+            let (dw, db) = grads.split_at(s.weight_len());
+            let expected = direct_conv(&s, &x, &params[slot.weight()], &params[slot.bias()], &dy);
+            for ((what, ours), expected) in [("y", &y[..]), ("dx", &dx), ("dW", dw), ("db", db)].iter().zip(&expected) {
+                let scale = expected.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+                for (i, (&a, &e)) in ours.iter().zip(expected).enumerate() {
+                    let err = (f64::from(a) - e).abs() / scale;
+                    assert!(err < 1e-5, "{} {s:?} {what}[{i}]: {a} vs {e}", b.name());
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -23,6 +23,9 @@ use std::ops::Range;
 
 use super::super::ConvShape;
 
+pub mod rows;
+pub mod scatter;
+
 /// Channels per vector: one AVX2 register of f32.
 const LANES: usize = 8;
 type Vector = [f32; LANES];
@@ -87,9 +90,18 @@ pub trait Simd: Copy {
     type V: Copy;
     fn zero(self) -> Self::V;
     fn load(self, v: &[f32; LANES]) -> Self::V;
-    /// `acc + x·w`.
-    fn mul_add(self, x: f32, w: Self::V, acc: Self::V) -> Self::V;
+    /// `x` in every lane.
+    fn splat(self, x: f32) -> Self::V;
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `acc + a·b`.
+    fn fma(self, a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
     fn store(self, v: Self::V) -> Vector;
+
+    /// `acc + x·w`.
+    #[inline(always)]
+    fn mul_add(self, x: f32, w: Self::V, acc: Self::V) -> Self::V {
+        self.fma(self.splat(x), w, acc)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -108,10 +120,20 @@ impl Simd for Portable {
         *v
     }
 
+    #[inline(always)]
+    fn splat(self, x: f32) -> Vector {
+        [x; LANES]
+    }
+
+    #[inline(always)]
+    fn add(self, a: Vector, b: Vector) -> Vector {
+        array::from_fn(|l| a[l] + b[l])
+    }
+
     /// Two roundings: `f32::mul_add` is a library call on CPUs without FMA.
     #[inline(always)]
-    fn mul_add(self, x: f32, w: Vector, acc: Vector) -> Vector {
-        array::from_fn(|l| x * w[l] + acc[l])
+    fn fma(self, a: Vector, b: Vector, acc: Vector) -> Vector {
+        array::from_fn(|l| a[l] * b[l] + acc[l])
     }
 
     #[inline(always)]
@@ -123,7 +145,7 @@ impl Simd for Portable {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
 
     use super::{Kernel, Simd, Vector};
@@ -165,8 +187,18 @@ mod avx2 {
         }
 
         #[inline(always)]
-        fn mul_add(self, x: f32, w: __m256, acc: __m256) -> __m256 {
-            unsafe { _mm256_fmadd_ps(_mm256_set1_ps(x), w, acc) }
+        fn splat(self, x: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(x) }
+        }
+
+        #[inline(always)]
+        fn add(self, a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+
+        #[inline(always)]
+        fn fma(self, a: __m256, b: __m256, acc: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, acc) }
         }
 
         #[inline(always)]
@@ -227,23 +259,31 @@ impl Isa {
 }
 
 /// Calls `$tile::<_, N, CV>($args)` for a runtime `(cv, n)`: every tile shape whose
-/// `N × CV` accumulators fit in [`ACCUMULATORS`].
+/// `N × CV` accumulators fit in [`ACCUMULATORS`], with `CV` up to [`MAX_VECTORS`] (or 3,
+/// after `wide`, for the row kernels).
 macro_rules! with_tile {
     ($cv:expr, $n:expr, $tile:ident($($arg:expr),*)) => {
         with_tile!(@arms ($cv, $n), $tile, ($($arg),*);
             1: 1 2 3 4 5 6 7 8 9 10 11 12;
             2: 1 2 3 4 5 6)
     };
+    (wide $cv:expr, $n:expr, $tile:ident($($arg:expr),*)) => {
+        with_tile!(@arms ($cv, $n), $tile, ($($arg),*);
+            1: 1 2 3 4 5 6 7 8 9 10 11 12;
+            2: 1 2 3 4 5 6;
+            3: 1 2 3 4)
+    };
     (@arms $key:expr, $tile:ident, $args:tt; $($cv:literal: $($n:literal)*);*) => {
         match $key {
             $($(($cv, $n) => with_tile!(@call $tile, $n, $cv, $args),)*)*
-            (cv, n) => unreachable!("a tile of {n} × {cv} vectors does not fit in {ACCUMULATORS} accumulators"),
+            (cv, n) => unreachable!("no tile of {n} × {cv} vectors: more accumulators than registers"),
         }
     };
     (@call $tile:ident, $n:literal, $cv:literal, ($($arg:expr),*)) => {
         $tile::<_, $n, $cv>($($arg),*)
     };
 }
+use with_tile;
 
 /// How many of `len` pixels or taps a tile of `block` takes: as many as fit, evened out so
 /// that the last tile is not much shorter than the others.

@@ -7,6 +7,8 @@
 
 mod conv;
 
+use conv::{rows, scatter};
+
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::{Mutex, MutexGuard};
@@ -185,16 +187,97 @@ fn par_map2(a: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
 }
 
 impl CpuBackend {
+    /// Runs `f(image, out)` over every image of `src` (`in_len` floats each) and its
+    /// `out_len` floats of `out`, images in parallel.
+    fn per_image(
+        &self,
+        src: &[f32],
+        in_len: usize,
+        out: &mut [f32],
+        out_len: usize,
+        f: impl Fn(&[f32], &mut [f32]) + Sync,
+    ) {
+        self.pool.install(|| {
+            out.par_chunks_mut(out_len).zip(src.par_chunks(in_len)).for_each(|(out, src)| f(src, out));
+        });
+    }
+
     /// Runs `conv` over every image of `src`, writing the images of `out`.
     fn conv_images(&self, conv: &conv::Conv, src: &[f32], out: &mut [f32]) {
-        self.pool.install(|| {
-            out.par_chunks_mut(conv.out_len()).zip(src.par_chunks(conv.in_len())).for_each(|(out, src)| {
-                with_scratch(conv.planes.len(), 0, |scratch, _| {
-                    let input = conv.pad(src, scratch);
-                    self.isa.run(conv::ConvImage { conv, input, out });
-                });
+        self.per_image(src, conv.in_len(), out, conv.out_len(), |src, out| {
+            with_scratch(conv.planes.len(), 0, |scratch, _| {
+                let input = conv.pad(src, scratch);
+                self.isa.run(conv::ConvImage { conv, input, out });
             });
         });
+    }
+
+    /// The forward pass of a layer the row kernels serve ([`rows::fits`]).
+    fn row_forward(&self, s: &ConvShape, x: &[f32], params: &[f32], slot: ParamSlot, y: &mut [f32], relu: bool) {
+        let mut packed = grown(&self.packed, s.weight_len());
+        let weights = &mut packed[..s.weight_len()];
+        rows::pack_forward(s, &params[slot.weight()], weights);
+        let (planes, kernel, bias) = (conv::Planes::input(s), s.kernel, &params[slot.bias()]);
+        let weights = &*weights;
+        self.per_image(x, s.in_image(), y, s.out_image(), |src, out| {
+            with_scratch(planes.len(), 0, |scratch, _| {
+                let input = conv::pad_planes(src, s.height, s.width, s.pad as isize, planes, scratch);
+                self.isa.run(rows::RowForward { input, planes, kernel, weights, bias, relu, out });
+            });
+        });
+    }
+
+    /// The data gradient of a layer the scatter serves ([`scatter::fits`]).
+    fn scatter_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &[f32],
+        params: &[f32],
+        slot: ParamSlot,
+        dx: &mut [f32],
+        accumulate: bool,
+    ) {
+        let len = s.c_out * s.kernel * s.kernel * conv::padded(s.c_in);
+        let mut packed = grown(&self.packed, len);
+        let weights = &mut packed[..len];
+        scatter::pack(s, &params[slot.weight()], weights);
+        let weights = &*weights;
+        let full_len = scatter::full_pixels(s) * conv::padded(s.c_in);
+        self.per_image(dy, s.out_image(), dx, s.in_image(), |dy, dx| {
+            with_scratch(full_len, 0, |full, _| {
+                full.fill(0.0);
+                self.isa.run(scatter::ScatterImage { s, weights, dy, out: full });
+                scatter::unpack(s, full, dx, accumulate);
+            });
+        });
+    }
+
+    /// Fills `partials` with one partial gradient per task of the filter gradient of `s`,
+    /// `f(x, dy, partial)` over the task's images, and sums them in task order into the first.
+    fn filter_grad_tasks(
+        &self,
+        s: &ConvShape,
+        x: &[f32],
+        dy: &[f32],
+        partials: &mut [f32],
+        f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+    ) {
+        let tasks = Tasks::for_filter_grad(s);
+        let partial_len = partials.len() / tasks.count;
+        self.pool.install(|| {
+            partials.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
+                let images = tasks.images(task, s.batch);
+                let x = &x[images.start * s.in_image()..images.end * s.in_image()];
+                let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
+                f(x, dy, partial);
+            });
+        });
+        let (sum, rest) = partials.split_at_mut(partial_len);
+        for partial in rest.chunks_exact(partial_len) {
+            for (s, p) in sum.iter_mut().zip(partial) {
+                *s += p;
+            }
+        }
     }
 }
 
@@ -272,6 +355,9 @@ impl Backend for CpuBackend {
         y: &mut Vec<f32>,
         relu: bool,
     ) {
+        if rows::fits(s) {
+            return self.row_forward(s, &x[..s.in_len()], params, slot, &mut y[..s.out_len()], relu);
+        }
         let (taps, stride) = (s.patch(), conv::padded(s.c_out));
         let mut packed = grown(&self.packed, (taps + 1) * stride);
         let (weights, bias) = packed[..(taps + 1) * stride].split_at_mut(taps * stride);
@@ -290,6 +376,9 @@ impl Backend for CpuBackend {
         accumulate: bool,
     ) {
         let len = s.c_out * s.kernel * s.kernel * conv::padded(s.c_in);
+        if scatter::fits(s) {
+            return self.scatter_backward_data(s, &dy[..s.out_len()], params, slot, &mut dx[..s.in_len()], accumulate);
+        }
         let mut packed = grown(&self.packed, len);
         let weights = &mut packed[..len];
         conv::pack_backward_data(s, &params[slot.weight()], weights);
@@ -305,38 +394,49 @@ impl Backend for CpuBackend {
         grads: &mut Vec<f32>,
         slot: ParamSlot,
     ) {
-        let tasks = Tasks::for_filter_grad(s);
-        let (taps, stride, pixels) = (s.patch(), conv::padded(s.c_out), s.h_out() * s.w_out());
-        let partial_len = (taps + 1) * stride;
-        let mut partials = grown(&self.partials, tasks.count * partial_len);
-        let partials = &mut partials[..tasks.count * partial_len];
         let planes = conv::Planes::input(s);
-        self.pool.install(|| {
-            partials.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
-                let images = tasks.images(task, s.batch);
-                let x = &x[images.start * s.in_image()..images.end * s.in_image()];
-                let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
-                let (out, bias_grad) = partial.split_at_mut(taps * stride);
-                with_scratch(images.len() * planes.len(), images.len() * pixels * stride, |scratch, dy_last| {
+        let tasks = Tasks::for_filter_grad(s).count;
+        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
+        if rows::fits(s) {
+            let mut partials = grown(&self.partials, tasks * slot.len());
+            let partials = &mut partials[..tasks * slot.len()];
+            self.filter_grad_tasks(s, x, dy, partials, |x, dy, out| {
+                let images = x.len() / s.in_image();
+                with_scratch(images * planes.len(), 0, |scratch, _| {
                     let input = conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
-                    bias_grad.fill(0.0);
-                    for (dy, dy_last) in dy.chunks_exact(s.out_image()).zip(dy_last.chunks_exact_mut(pixels * stride)) {
-                        conv::pack_output_grad(dy, pixels, dy_last, &mut bias_grad[..s.c_out]);
-                    }
-                    let (kernel, out_channels) = (s.kernel, s.c_out);
-                    self.isa.run(conv::FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out });
+                    self.isa.run(rows::RowFilterGrad {
+                        input,
+                        planes,
+                        kernel: s.kernel,
+                        dy,
+                        out_channels: s.c_out,
+                        out,
+                    });
                 });
             });
-        });
-        let (sum, rest) = partials.split_at_mut(partial_len);
-        for partial in rest.chunks_exact(partial_len) {
-            for (s, p) in sum.iter_mut().zip(partial) {
-                *s += p;
-            }
+            grads.copy_from_slice(&partials[..slot.len()]);
+            return;
         }
-        let (dw, db) = grads[slot.offset..slot.offset + slot.len()].split_at_mut(s.weight_len());
-        conv::unpack_filter_grad(&sum[..taps * stride], s.c_out, dw);
-        db.copy_from_slice(&sum[taps * stride..][..s.c_out]);
+        let (taps, stride, pixels) = (s.patch(), conv::padded(s.c_out), s.h_out() * s.w_out());
+        let partial_len = (taps + 1) * stride;
+        let mut partials = grown(&self.partials, tasks * partial_len);
+        let partials = &mut partials[..tasks * partial_len];
+        self.filter_grad_tasks(s, x, dy, partials, |x, dy, partial| {
+            let images = x.len() / s.in_image();
+            let (out, bias_grad) = partial.split_at_mut(taps * stride);
+            with_scratch(images * planes.len(), images * pixels * stride, |scratch, dy_last| {
+                let input = conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
+                bias_grad.fill(0.0);
+                for (dy, dy_last) in dy.chunks_exact(s.out_image()).zip(dy_last.chunks_exact_mut(pixels * stride)) {
+                    conv::pack_output_grad(dy, pixels, dy_last, &mut bias_grad[..s.c_out]);
+                }
+                let (kernel, out_channels) = (s.kernel, s.c_out);
+                self.isa.run(conv::FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out });
+            });
+        });
+        let (dw, db) = grads.split_at_mut(s.weight_len());
+        conv::unpack_filter_grad(&partials[..taps * stride], s.c_out, dw);
+        db.copy_from_slice(&partials[taps * stride..][..s.c_out]);
     }
 
     fn relu_backward(&self, len: usize, y: &Vec<f32>, dy: &mut Vec<f32>) {

@@ -1,0 +1,224 @@
+//! Convolutions vectorized along output rows, for a network's first layer.
+//!
+//! With fewer input channels than a vector, the channel-vectorized kernels of the parent
+//! module have too short a reduction (25 taps for a 5×5 filter over one channel) to pay for
+//! storing their tiles pixel by pixel, and their filter gradient for repacking the output
+//! gradient channels last. When output rows are whole vectors, these kernels instead load
+//! and store pixels as vectors straight from and to NCHW planes:
+//!
+//! ```text
+//! forward          y[co][oy][ox..+8]  = b[co] + Σ W[co][ci][ky][kx] · xpad[ci][oy+ky][ox+kx..+8]
+//! backward filter  dW[co][ci][ky][kx] = Σ lanes of Σ dy[co][oy][ox..+8] · xpad[ci][oy+ky][ox+kx..+8]
+//! ```
+//!
+//! The data gradient of such a layer is the input's, which nothing needs.
+
+use std::array;
+
+use super::{with_tile, Kernel, Planes, Simd, ACCUMULATORS, LANES};
+use crate::backend::ConvShape;
+
+/// Pixel vectors a forward tile covers: with 6 channels, 12 accumulators, 2 pixel vectors
+/// and a broadcast weight take 15 of the 16 AVX2 registers. (With 3 vectors and 4 channels
+/// they would take all 16, and LLVM keeps an accumulator in memory.)
+const TILE_VECTORS: usize = 2;
+/// Taps of one kernel row that a filter-gradient tile covers at most, beside 2 channels.
+const ROW_TAPS: usize = ACCUMULATORS / 2;
+
+/// Whether the row kernels serve `s`: few input channels, output rows of whole vectors.
+pub fn fits(s: &ConvShape) -> bool {
+    s.c_in < LANES && s.w_out() % LANES == 0
+}
+
+/// Output channels of a forward tile.
+const TILE_CHANNELS: usize = ACCUMULATORS / TILE_VECTORS;
+
+/// The output channels of each forward tile: runs of [`TILE_CHANNELS`], the last one what
+/// is left.
+fn channel_groups(channels: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..channels).step_by(TILE_CHANNELS).map(move |first| (first, TILE_CHANNELS.min(channels - first)))
+}
+
+/// Packs `W[co][tap]` for [`RowForward`]: for each group of output channels a tile covers,
+/// taps `(ci, ky, kx)` by the group's channels, so that a tile reads its weights in order.
+pub fn pack_forward(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
+    let taps = s.patch();
+    for (first, n) in channel_groups(s.c_out) {
+        let group = &mut dst[first * taps..][..n * taps];
+        for (i, filter) in weight.chunks_exact(taps).skip(first).take(n).enumerate() {
+            for (run, &w) in group.chunks_exact_mut(n).zip(filter) {
+                run[i] = w;
+            }
+        }
+    }
+}
+
+/// The forward pass of one image: `y = conv(x, W) + b`, then ReLU when `relu`.
+pub struct RowForward<'a> {
+    /// The image's padded input planes.
+    pub input: &'a [f32],
+    pub planes: Planes,
+    pub kernel: usize,
+    /// From [`pack_forward`].
+    pub weights: &'a [f32],
+    /// One per output channel.
+    pub bias: &'a [f32],
+    pub relu: bool,
+    pub out: &'a mut [f32],
+}
+
+impl Kernel for RowForward<'_> {
+    #[inline(always)]
+    fn run<S: Simd>(mut self, simd: S) {
+        let (ho, wo) = self.planes.out(self.kernel);
+        // Rows are whole vectors, so a plane's vectors can be counted through, row after row.
+        let vectors = ho * wo / LANES;
+        let taps = self.planes.channels * self.kernel * self.kernel;
+        for (first, n) in channel_groups(self.bias.len()) {
+            let weights = &self.weights[first * taps..][..n * taps];
+            for v in (0..vectors).step_by(TILE_VECTORS) {
+                let pv = TILE_VECTORS.min(vectors - v);
+                with_tile!(pv, n, forward_tile(simd, &mut self, weights, first, v));
+            }
+        }
+    }
+}
+
+/// Output channels `first..first + CO`, pixel vectors `v..v + PV` of each plane.
+#[inline(always)]
+fn forward_tile<S: Simd, const CO: usize, const PV: usize>(
+    simd: S,
+    f: &mut RowForward,
+    weights: &[f32],
+    first: usize,
+    v: usize,
+) {
+    let (k, planes) = (f.kernel, f.planes);
+    let (ho, wo) = planes.out(k);
+    // Where each pixel vector's window starts in an input plane, and in an output plane.
+    let at: [(usize, usize); PV] = array::from_fn(|p| {
+        let (oy, ox) = ((v + p) * LANES / wo, (v + p) * LANES % wo);
+        (oy * planes.width + ox, oy * wo + ox)
+    });
+    let bias: &[f32; CO] = f.bias[first..][..CO].try_into().expect("a bias per channel");
+    let mut acc: [[S::V; PV]; CO] = array::from_fn(|i| [simd.splat(bias[i]); PV]);
+    let mut taps = weights.chunks_exact(CO);
+    for plane in f.input.chunks_exact(planes.height * planes.width) {
+        for ky in 0..k {
+            let rows: [&[f32]; PV] = array::from_fn(|p| &plane[at[p].0 + ky * planes.width..][..k - 1 + LANES]);
+            for (kx, w) in (0..k).zip(taps.by_ref()) {
+                let x: [S::V; PV] = array::from_fn(|p| simd.load(vector(&rows[p][kx..])));
+                for i in 0..CO {
+                    let w = simd.splat(w[i]);
+                    for p in 0..PV {
+                        acc[i][p] = simd.fma(w, x[p], acc[i][p]);
+                    }
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (&(_, at), &acc) in at.iter().zip(acc) {
+            let values = simd.store(acc);
+            let out = &mut f.out[(first + i) * ho * wo + at..][..LANES];
+            for (o, v) in out.iter_mut().zip(values) {
+                *o = if f.relu { v.max(0.0) } else { v };
+            }
+        }
+    }
+}
+
+/// The first vector of `src`.
+#[inline(always)]
+fn vector(src: &[f32]) -> &[f32; LANES] {
+    src[..LANES].try_into().expect("a whole vector")
+}
+
+/// The weight and bias gradients of a group of images, `[co][ci][ky][kx]` then `[co]`.
+pub struct RowFilterGrad<'a> {
+    /// Each image's padded input planes.
+    pub input: &'a [f32],
+    pub planes: Planes,
+    pub kernel: usize,
+    /// Each image's output gradient, NCHW.
+    pub dy: &'a [f32],
+    pub out_channels: usize,
+    pub out: &'a mut [f32],
+}
+
+impl Kernel for RowFilterGrad<'_> {
+    #[inline(always)]
+    fn run<S: Simd>(mut self, simd: S) {
+        let k = self.kernel;
+        for first in (0..self.out_channels).step_by(2) {
+            let n = 2.min(self.out_channels - first);
+            for ci in 0..self.planes.channels {
+                for ky in 0..k {
+                    for kx in (0..k).step_by(ROW_TAPS) {
+                        let t = ROW_TAPS.min(k - kx);
+                        with_tile!(n, t, filter_tile(simd, &mut self, first, ci, ky, kx));
+                    }
+                }
+            }
+        }
+        bias_grad(simd, &mut self);
+    }
+}
+
+/// Taps `(ci, ky, kx..kx + T)` of output channels `first..first + CO`.
+#[inline(always)]
+fn filter_tile<S: Simd, const T: usize, const CO: usize>(
+    simd: S,
+    g: &mut RowFilterGrad,
+    first: usize,
+    ci: usize,
+    ky: usize,
+    kx: usize,
+) {
+    let (k, planes) = (g.kernel, g.planes);
+    let (ho, wo) = planes.out(k);
+    let (plane, vectors) = (ho * wo, wo / LANES);
+    let mut acc = [[simd.zero(); T]; CO];
+    for (x, dy) in g.input.chunks_exact(planes.len()).zip(g.dy.chunks_exact(g.out_channels * plane)) {
+        let x = &x[(ci * planes.height + ky) * planes.width + kx..];
+        let dy = &dy[first * plane..][..CO * plane];
+        for oy in 0..ho {
+            let row = &x[oy * planes.width..][..wo + T - 1];
+            let dy_rows: [&[f32]; CO] = array::from_fn(|i| &dy[i * plane + oy * wo..][..vectors * LANES]);
+            for v in 0..vectors {
+                let d: [S::V; CO] = array::from_fn(|i| simd.load(vector(&dy_rows[i][v * LANES..])));
+                let xs = &row[v * LANES..][..LANES + T - 1];
+                for t in 0..T {
+                    let x = simd.load(vector(&xs[t..]));
+                    for i in 0..CO {
+                        acc[i][t] = simd.fma(d[i], x, acc[i][t]);
+                    }
+                }
+            }
+        }
+    }
+    let patch = planes.channels * k * k;
+    for (i, acc) in acc.iter().enumerate() {
+        let out = &mut g.out[(first + i) * patch + (ci * k + ky) * k + kx..][..T];
+        for (o, &acc) in out.iter_mut().zip(acc) {
+            *o = simd.store(acc).iter().sum();
+        }
+    }
+}
+
+/// Each output channel's gradient summed over every pixel of every image.
+#[inline(always)]
+fn bias_grad<S: Simd>(simd: S, g: &mut RowFilterGrad) {
+    let (ho, wo) = g.planes.out(g.kernel);
+    let (plane, patch) = (ho * wo, g.planes.channels * g.kernel * g.kernel);
+    let bias = &mut g.out[g.out_channels * patch..][..g.out_channels];
+    for (co, b) in bias.iter_mut().enumerate() {
+        let mut sum = simd.zero();
+        for dy in g.dy.chunks_exact(g.out_channels * plane) {
+            for d in dy[co * plane..][..plane].chunks_exact(LANES) {
+                sum = simd.add(sum, simd.load(vector(d)));
+            }
+        }
+        *b = simd.store(sum).iter().sum();
+    }
+}
