@@ -670,8 +670,8 @@ impl<B: Backend> Model<B> {
     /// One SGD step on the batch already gathered into the workspace.
     pub fn train_step(&mut self, batch: usize, lr: f32, momentum: f32) {
         let step = SgdStep { lr, momentum, first: self.state.steps == 0 };
-        let Model { backend: b, net, state, ws, stats } = self;
-        b.run_step(StepKey::new(batch, step), &mut || {
+        let Model { backend, net, state, ws, stats } = self;
+        backend.run_step(StepKey::new(batch, step), &mut |b| {
             net.forward(b, &state.values, ws, batch, stats);
             net.backward(b, &state.values, &mut state.grads, ws, batch);
             b.sgd_step(step, &mut state.values, &state.grads, &mut state.momentum);
@@ -681,7 +681,10 @@ impl<B: Backend> Model<B> {
 
     /// Forward only, accumulating loss and accuracy.
     pub fn eval_batch(&mut self, batch: usize) {
-        self.net.forward(&self.backend, &self.state.values, &mut self.ws, batch, &mut self.stats);
+        let Model { backend, net, state, ws, stats } = self;
+        // Borrowed uniquely, so that the closure is `Send` without buffers being `Sync`.
+        let values = &mut state.values;
+        backend.run(&mut move |b| net.forward(b, values, ws, batch, stats));
     }
 
     /// The backend, for a next model; this one's buffers are freed, and the steps the backend

@@ -153,13 +153,13 @@ pub struct Stats {
 /// The ops a model is built from. Buffers are owned by the backend; the model only holds them.
 pub trait Backend {
     /// `f32` storage.
-    type Buf;
+    type Buf: Send;
     /// `u32` storage: labels, shuffled orders and max-pool arg-maxes.
-    type Idx;
+    type Idx: Send;
     /// A data set's images (`u8`, 784 per image) and labels, resident where the ops run.
     type Data;
     /// The accumulator behind [`Stats`].
-    type StatsBuf;
+    type StatsBuf: Send;
 
     fn name(&self) -> String;
 
@@ -263,12 +263,19 @@ pub trait Backend {
     /// One SGD-with-momentum update over the whole flat parameter buffer.
     fn sgd_step(&self, step: SgdStep, params: &mut Self::Buf, grads: &Self::Buf, momentum: &mut Self::Buf);
 
-    /// Runs `step`, the ops of one training step (forward, backward, update). A backend may
-    /// record them the first times a `key` is seen and later replay the recording instead of
-    /// calling `step` (the CUDA backend captures a CUDA graph).
-    fn run_step(&self, key: StepKey, step: &mut dyn FnMut()) {
+    /// Runs `ops`, a sequence of this backend's ops (a forward pass, say). The CPU backend
+    /// runs them on a thread of its pool, so that each op's parallel loop forks right there
+    /// instead of waking the pool from outside and sleeping until the op is done.
+    fn run(&self, ops: &mut (dyn FnMut(&Self) + Send)) {
+        ops(self);
+    }
+
+    /// Runs `step`, the ops of one training step (forward, backward, update), like
+    /// [`Backend::run`]. A backend may record them the first times a `key` is seen and later
+    /// replay the recording instead of calling `step` (the CUDA backend captures a CUDA graph).
+    fn run_step(&self, key: StepKey, step: &mut (dyn FnMut(&Self) + Send)) {
         let _ = key;
-        step();
+        self.run(step);
     }
 
     /// Forgets every step [`Backend::run_step`] recorded, because the buffers they ran on are

@@ -547,6 +547,10 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn run(&self, ops: &mut (dyn FnMut(&Self) + Send)) {
+        self.pool.install(|| ops(self));
+    }
+
     fn sgd_step(&self, step: SgdStep, params: &mut Vec<f32>, grads: &Vec<f32>, momentum: &mut Vec<f32>) {
         for ((p, &g), m) in params.iter_mut().zip(grads).zip(momentum.iter_mut()) {
             *m = if step.first { g } else { step.momentum * *m + g };

@@ -60,8 +60,9 @@ pub struct Gemm {
 /// What the CUDA backend needs from a device. Work is queued in order on one stream; only
 /// [`Device::download`] waits for it.
 pub trait Device {
-    /// An allocation, freed on drop.
-    type Mem;
+    /// An allocation, freed on drop. `Send`, so that buffers can move to the thread that
+    /// runs a model's ops.
+    type Mem: Send;
     /// A captured sequence of work that can be replayed.
     type Graph;
 

@@ -26,6 +26,10 @@ pub struct EmuMem {
     layout: Layout,
 }
 
+// SAFETY: an `EmuMem` owns its allocation alone, like a `Box<[u8]>`; the emulator reaches it
+// only through the device calls made on the thread that holds the buffer.
+unsafe impl Send for EmuMem {}
+
 impl Drop for EmuMem {
     fn drop(&mut self) {
         // SAFETY: allocated in `EmuDevice::alloc` with this layout.

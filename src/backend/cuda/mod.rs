@@ -442,10 +442,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.launch_elementwise("sgd_momentum", n, args);
     }
 
-    fn run_step(&self, key: StepKey, step: &mut dyn FnMut()) {
+    fn run_step(&self, key: StepKey, step: &mut (dyn FnMut(&Self) + Send)) {
         match &self.graphs {
-            Some(cache) => self.replay_or_capture(cache, key, step),
-            None => step(),
+            Some(cache) => self.replay_or_capture(cache, key, &mut || step(self)),
+            None => step(self),
         }
     }
 
