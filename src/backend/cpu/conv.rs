@@ -625,18 +625,18 @@ fn filter_tile<S: Simd, const T: usize, const CV: usize>(simd: S, g: &mut Filter
         let (ci, tap) = ((first_tap + t) / (k * k), (first_tap + t) % (k * k));
         (ci * planes.height + tap / k) * planes.width + tap % k
     });
-    // What each tap reads of an image: the pixels its output pixels see, row by row.
-    let span = (ho - 1) * planes.width + wo;
     let mut acc = [[simd.zero(); CV]; T];
     for (x, dy) in g.input.chunks_exact(planes.len()).zip(g.dy.chunks_exact(dy_layout.len())) {
         let dy = dy_layout.block(dy, block);
-        let taps: [&[f32]; T] = array::from_fn(|t| &x[offsets[t]..][..span]);
-        for (row, dy) in (0..span).step_by(planes.width).zip(dy.chunks_exact(wo * CV * LANES)) {
-            for (at, d) in (row..row + wo).zip(dy.chunks_exact(CV * LANES)) {
+        for (oy, dy) in dy.chunks_exact(wo * CV * LANES).enumerate() {
+            // The row each tap reads; slices of exactly `wo`, so that indexing them by pixel
+            // needs no bounds checks.
+            let rows: [&[f32]; T] = array::from_fn(|t| &x[offsets[t] + oy * planes.width..][..wo]);
+            for (px, d) in (0..wo).zip(dy.chunks_exact(CV * LANES)) {
                 let d = load::<S, CV>(simd, d);
                 for t in 0..T {
                     for v in 0..CV {
-                        acc[t][v] = simd.mul_add(taps[t][at], d[v], acc[t][v]);
+                        acc[t][v] = simd.mul_add(rows[t][px], d[v], acc[t][v]);
                     }
                 }
             }
