@@ -466,7 +466,7 @@ impl Backend for CpuBackend {
                 .zip(idx.par_chunks_mut(plane_out))
                 .zip(x[..s.in_len()].par_chunks(plane_in))
                 .with_min_len(16)
-                .for_each(|((y, idx), x)| maxpool_plane(s.width, x, y, idx));
+                .for_each(|((y, idx), x)| self.isa.run(MaxPoolPlane { width: s.width, x, y, idx }));
         });
     }
 
@@ -563,6 +563,23 @@ impl Backend for CpuBackend {
 /// does; `idx` holds its position within the plane. The first maximum of each row's pair,
 /// then of the two, is the same one, and the selects compile without branches, which random
 /// data would mispredict half the time.
+/// One plane's max-pool as a [`conv::Kernel`]: the plain loop of [`maxpool_plane`], compiled
+/// inside the ISA's entry point so that LLVM vectorizes it with AVX2 where the CPU has it.
+struct MaxPoolPlane<'a> {
+    width: usize,
+    x: &'a [f32],
+    y: &'a mut [f32],
+    idx: &'a mut [u32],
+}
+
+impl conv::Kernel for MaxPoolPlane<'_> {
+    #[inline(always)]
+    fn run<S: conv::Simd>(self, _simd: S) {
+        maxpool_plane(self.width, self.x, self.y, self.idx);
+    }
+}
+
+#[inline(always)]
 fn maxpool_plane(width: usize, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
     let wo = width / 2;
     let first_max = |(a, i): (f32, usize), (b, j): (f32, usize)| if b > a { (b, j) } else { (a, i) };
