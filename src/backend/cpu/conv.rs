@@ -390,15 +390,21 @@ pub fn pack_output_grad(dy: &[f32], pixels: usize, dst: &mut [f32], bias_grad: &
     let layout = Blocked { items: pixels, channels: bias_grad.len() };
     let (mut planes, mut sums) = (dy.chunks_exact(pixels), bias_grad.chunks_mut(MAX_VECTORS * LANES));
     for (block, sums) in blocks(layout.channels).zip(&mut sums) {
-        let mut block_planes: [&[f32]; MAX_VECTORS * LANES] = [&[]; MAX_VECTORS * LANES];
-        let n = block_planes.iter_mut().zip(planes.by_ref().take(block.width())).map(|(b, p)| *b = p).count();
-        for (p, dst) in layout.block_mut(dst, block).chunks_exact_mut(block.width()).enumerate() {
-            for (d, plane) in dst.iter_mut().zip(&block_planes[..n]) {
-                *d = plane[p];
+        let dst = layout.block_mut(dst, block);
+        let n = sums.len();
+        if n < block.width() {
+            dst.fill(0.0);
+        }
+        // Plane by plane: each store's channel is the same throughout, and each load is next
+        // to the one before.
+        for (c, plane) in planes.by_ref().take(n).enumerate() {
+            for (run, &v) in dst.chunks_exact_mut(block.width()).zip(plane) {
+                run[c] = v;
             }
-            dst[n..].fill(0.0);
-            // Across channels, so that the adds are independent lanes, not one long chain.
-            for (s, &d) in sums.iter_mut().zip(&*dst) {
+        }
+        // Across channels, so that the adds are independent lanes, not one long chain.
+        for run in dst.chunks_exact(block.width()) {
+            for (s, &d) in sums.iter_mut().zip(run) {
                 *s += d;
             }
         }
