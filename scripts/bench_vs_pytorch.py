@@ -9,7 +9,9 @@ shuffled order, and time an inference pass over the 10k test images.
     python3 scripts/bench_vs_pytorch.py [--threads 2] [--only torch|ours] [--device cuda]
                                         [--block preact --depth 10]
 
-Reported rates are the median over --repeats timed runs. FLOP counts include
+The two sides run in turn, --repeats rounds each, so that both meet the same
+phases of a shared machine; reported rates are medians over the rounds, and
+the ratio is the median of each round's ratio. FLOP counts include
 only convolution and linear multiply-adds (2 FLOPs per MAC); a training step
 counts 3x the forward pass minus conv1's input gradient, which is never
 computed.
@@ -42,7 +44,8 @@ def parse_args():
     p.add_argument("--steps", type=int, default=300, help="timed training steps per run (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=20, help="untimed PyTorch warm-up steps (default: %(default)s)")
     p.add_argument("--eval-batch", type=int, default=1000, help="batch size of the eval pass (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed rounds, each side in turn; medians are reported (default: %(default)s)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device for both sides (default: cpu)")
     p.add_argument("--bin", type=Path, default=REPO_ROOT / "target/release/resnet-mnist",
                    help="resnet-mnist binary (default: target/release/resnet-mnist)")
@@ -130,27 +133,34 @@ def eval_rate(model, x, eval_batch, device):
     return len(x) / (time.perf_counter() - start)
 
 
-def bench_torch(args):
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    x_train, y_train = load_split(args.mnist_dir, "train", args.device)
-    x_test, _ = load_split(args.mnist_dir, "t10k", args.device)
-    model = make_net(args).to(args.device)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    order = shuffled_batches(len(x_train), args.device)
+class TorchBench:
+    """The PyTorch side, set up and warmed up once; each call of `run` is one timed round."""
 
-    train_rate(model, opt, x_train, y_train, order, args.warmup, args.device)
-    eval_rate(model, x_test[:args.eval_batch], args.eval_batch, args.device)
-    train = [train_rate(model, opt, x_train, y_train, order, args.steps, args.device) for _ in range(args.repeats)]
-    evals = [eval_rate(model, x_test, args.eval_batch, args.device) for _ in range(args.repeats)]
-    return {"train_images_per_s": statistics.median(train), "eval_images_per_s": statistics.median(evals)}
+    def __init__(self, args):
+        torch.manual_seed(0)
+        torch.set_num_threads(args.threads)
+        self.args = args
+        self.x_train, self.y_train = load_split(args.mnist_dir, "train", args.device)
+        self.x_test, _ = load_split(args.mnist_dir, "t10k", args.device)
+        self.model = make_net(args).to(args.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.order = shuffled_batches(len(self.x_train), args.device)
+        train_rate(self.model, self.opt, self.x_train, self.y_train, self.order, args.warmup, args.device)
+        eval_rate(self.model, self.x_test[:args.eval_batch], args.eval_batch, args.device)
+
+    def run(self):
+        a = self.args
+        return {"train_images_per_s": train_rate(self.model, self.opt, self.x_train, self.y_train, self.order,
+                                                 a.steps, a.device),
+                "eval_images_per_s": eval_rate(self.model, self.x_test, a.eval_batch, a.device)}
 
 
-def bench_ours(args):
+def run_ours(args):
+    """One timed round of this project's `bench` command (it warms up on its own)."""
     if not args.bin.exists():
         raise SystemExit(f"{args.bin} not found: run `cargo build --release` first (or pass --bin)")
     cmd = [str(args.bin), "bench", "--device", args.device, "--threads", str(args.threads),
-           "--steps", str(args.steps), "--eval-batch", str(args.eval_batch), "--repeats", str(args.repeats),
+           "--steps", str(args.steps), "--eval-batch", str(args.eval_batch), "--repeats", "1",
            "--block", args.block, "--depth", str(args.depth), "--json", "--data-dir", str(args.mnist_dir)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -159,6 +169,18 @@ def bench_ours(args):
     if not json_lines:
         raise SystemExit(f"no JSON line in the output of {' '.join(cmd)}:\n{result.stdout}")
     return json.loads(json_lines[-1])
+
+
+def bench(args):
+    """Rounds of both sides taken in turn, so that both meet the same phases of a shared,
+    noisy machine; the ratio reported is the median of each round's ratio."""
+    torch_side = TorchBench(args) if args.only != "ours" else None
+    rounds = []
+    for _ in range(args.repeats):
+        t = torch_side.run() if torch_side else {}
+        o = run_ours(args) if args.only != "torch" else {}
+        rounds.append((t, o))
+    return rounds
 
 
 def machine_description(args):
@@ -178,29 +200,37 @@ def fmt(value, width, decimals):
     return "-".rjust(width) if value is None else f"{value:{width}.{decimals}f}"
 
 
-def print_report(args, torch_res, ours_res):
+def median_of(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def print_report(args, rounds):
     fwd_flops, train_flops = flops_per_image(args)
     print(f"machine: {machine_description(args)}")
     print(f"{args.block} blocks, depth {args.depth}; device {args.device}, batch {BATCH}, {args.steps} train steps, eval batch {args.eval_batch}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats} rounds, the two sides in turn")
     print(f"FLOPs/image: forward {fwd_flops / 1e6:.3f} M, training step {train_flops / 1e6:.3f} M")
     print()
     print(f"{'':6} {'PyTorch img/s':>14} {'ours img/s':>12} {'ours/torch':>10} "
           f"{'PyTorch GFLOP/s':>16} {'ours GFLOP/s':>13}")
     for phase, flops in (("train", train_flops), ("eval", fwd_flops)):
         key = f"{phase}_images_per_s"
-        t = torch_res.get(key)
-        o = ours_res.get(key)
-        ratio = o / t if t and o else None
+        t = median_of(r[0].get(key) for r in rounds)
+        o = median_of(r[1].get(key) for r in rounds)
+        ratio = median_of(r[1][key] / r[0][key] if key in r[0] and key in r[1] else None for r in rounds)
         print(f"{phase:6} {fmt(t, 14, 1)} {fmt(o, 12, 1)} {fmt(ratio, 10, 2)} "
               f"{fmt(t and t * flops / 1e9, 16, 2)} {fmt(o and o * flops / 1e9, 13, 2)}")
+    if args.only is None and len(rounds) > 1:
+        for phase in ("train", "eval"):
+            key = f"{phase}_images_per_s"
+            ratios = " ".join(f"{o[key] / t[key]:.2f}" for t, o in rounds)
+            print(f"{phase} ratio per round: {ratios}")
 
 
 def main():
     args = parse_args()
-    torch_res = bench_torch(args) if args.only != "ours" else {}
-    ours_res = bench_ours(args) if args.only != "torch" else {}
-    print_report(args, torch_res, ours_res)
+    print_report(args, bench(args))
 
 
 if __name__ == "__main__":
