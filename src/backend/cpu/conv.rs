@@ -17,6 +17,11 @@
 //! gradient) is stored block by block ([`Blocked`]), so that a tile reads one contiguous run
 //! per tap or pixel and its inner loop has no bounds checks, which would keep the
 //! accumulators in memory.
+//!
+//! Two shapes of layer get kernels of their own, over the same [`Simd`] trait: a first layer
+//! (few input channels, output rows of whole vectors) vectorizes along rows instead
+//! ([`rows`]), and the data gradient of a layer with little padding is a scatter
+//! ([`scatter`]).
 
 use std::array;
 use std::ops::Range;
