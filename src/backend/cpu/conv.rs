@@ -429,11 +429,17 @@ pub fn unpack_filter_grad(src: &[f32], out_channels: usize, dst: &mut [f32]) {
     }
 }
 
+/// The first vector of `src`.
+#[inline(always)]
+fn vector(src: &[f32]) -> &[f32; LANES] {
+    src[..LANES].try_into().expect("a whole vector")
+}
+
 /// The first `CV` vectors of `src`.
 #[inline(always)]
 fn load<S: Simd, const CV: usize>(simd: S, src: &[f32]) -> [S::V; CV] {
     let src = &src[..CV * LANES];
-    array::from_fn(|v| simd.load(src[v * LANES..][..LANES].try_into().expect("a whole vector")))
+    array::from_fn(|v| simd.load(vector(&src[v * LANES..])))
 }
 
 /// A valid convolution of padded `planes` with weights packed taps by channels, [`Blocked`].

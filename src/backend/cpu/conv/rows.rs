@@ -15,7 +15,7 @@
 
 use std::array;
 
-use super::{with_tile, Kernel, Planes, Simd, ACCUMULATORS, LANES};
+use super::{vector, with_tile, Kernel, Planes, Simd, ACCUMULATORS, LANES};
 use crate::backend::ConvShape;
 
 /// Pixel vectors a forward tile covers: with 6 channels, 12 accumulators, 2 pixel vectors
@@ -126,12 +126,6 @@ fn forward_tile<S: Simd, const CO: usize, const PV: usize>(
             }
         }
     }
-}
-
-/// The first vector of `src`.
-#[inline(always)]
-fn vector(src: &[f32]) -> &[f32; LANES] {
-    src[..LANES].try_into().expect("a whole vector")
 }
 
 /// The weight and bias gradients of a group of images, `[co][ci][ky][kx]` then `[co]`.
