@@ -375,10 +375,10 @@ impl Backend for CpuBackend {
         dx: &mut Vec<f32>,
         accumulate: bool,
     ) {
-        let len = s.c_out * s.kernel * s.kernel * conv::padded(s.c_in);
         if scatter::fits(s) {
             return self.scatter_backward_data(s, &dy[..s.out_len()], params, slot, &mut dx[..s.in_len()], accumulate);
         }
+        let len = s.c_out * s.kernel * s.kernel * conv::padded(s.c_in);
         let mut packed = grown(&self.packed, len);
         let weights = &mut packed[..len];
         conv::pack_backward_data(s, &params[slot.weight()], weights);
@@ -559,10 +559,6 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Max of each 2×2 window of one plane, keeping the first maximum in scan order as PyTorch
-/// does; `idx` holds its position within the plane. The first maximum of each row's pair,
-/// then of the two, is the same one, and the selects compile without branches, which random
-/// data would mispredict half the time.
 /// One plane's max-pool as a [`conv::Kernel`]: the plain loop of [`maxpool_plane`], compiled
 /// inside the ISA's entry point so that LLVM vectorizes it with AVX2 where the CPU has it.
 struct MaxPoolPlane<'a> {
@@ -579,6 +575,10 @@ impl conv::Kernel for MaxPoolPlane<'_> {
     }
 }
 
+/// Max of each 2×2 window of one plane, keeping the first maximum in scan order as PyTorch
+/// does; `idx` holds its position within the plane. The first maximum of each row's pair,
+/// then of the two, is the same one, and the selects compile without branches, which random
+/// data would mispredict half the time.
 #[inline(always)]
 fn maxpool_plane(width: usize, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
     let wo = width / 2;

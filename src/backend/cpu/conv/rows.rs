@@ -22,6 +22,8 @@ use crate::backend::ConvShape;
 /// and a broadcast weight take 15 of the 16 AVX2 registers. (With 3 vectors and 4 channels
 /// they would take all 16, and LLVM keeps an accumulator in memory.)
 const TILE_VECTORS: usize = 2;
+/// Output channels of a forward tile.
+const TILE_CHANNELS: usize = ACCUMULATORS / TILE_VECTORS;
 /// Taps of one kernel row that a filter-gradient tile covers at most, beside 2 channels.
 const ROW_TAPS: usize = ACCUMULATORS / 2;
 
@@ -29,9 +31,6 @@ const ROW_TAPS: usize = ACCUMULATORS / 2;
 pub fn fits(s: &ConvShape) -> bool {
     s.c_in < LANES && s.w_out() % LANES == 0
 }
-
-/// Output channels of a forward tile.
-const TILE_CHANNELS: usize = ACCUMULATORS / TILE_VECTORS;
 
 /// The output channels of each forward tile: runs of [`TILE_CHANNELS`], the last one what
 /// is left.
