@@ -227,21 +227,9 @@ impl CpuBackend {
         });
     }
 
-    /// The data gradient of a layer the scatter serves ([`scatter::fits`]).
-    fn scatter_backward_data(
-        &self,
-        s: &ConvShape,
-        dy: &[f32],
-        params: &[f32],
-        slot: ParamSlot,
-        dx: &mut [f32],
-        accumulate: bool,
-    ) {
-        let len = s.c_out * s.kernel * s.kernel * conv::padded(s.c_in);
-        let mut packed = grown(&self.packed, len);
-        let weights = &mut packed[..len];
-        scatter::pack(s, &params[slot.weight()], weights);
-        let weights = &*weights;
+    /// The data gradient of a layer the scatter serves ([`scatter::fits`]), over weights from
+    /// [`scatter::pack`].
+    fn scatter_backward_data(&self, s: &ConvShape, weights: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
         let full_len = scatter::full_pixels(s) * conv::padded(s.c_in);
         self.per_image(dy, s.out_image(), dx, s.in_image(), |dy, dx| {
             with_scratch(full_len, 0, |full, _| {
@@ -375,15 +363,18 @@ impl Backend for CpuBackend {
         dx: &mut Vec<f32>,
         accumulate: bool,
     ) {
-        if scatter::fits(s) {
-            return self.scatter_backward_data(s, &dy[..s.out_len()], params, slot, &mut dx[..s.in_len()], accumulate);
-        }
+        // Both packings hold taps `(co, ky, kx)` by input channels.
         let len = s.c_out * s.kernel * s.kernel * conv::padded(s.c_in);
         let mut packed = grown(&self.packed, len);
         let weights = &mut packed[..len];
+        let (dy, dx) = (&dy[..s.out_len()], &mut dx[..s.in_len()]);
+        if scatter::fits(s) {
+            scatter::pack(s, &params[slot.weight()], weights);
+            return self.scatter_backward_data(s, weights, dy, dx, accumulate);
+        }
         conv::pack_backward_data(s, &params[slot.weight()], weights);
         let conv = conv::Conv::backward_data(s, weights, accumulate);
-        self.conv_images(&conv, &dy[..s.out_len()], &mut dx[..s.in_len()]);
+        self.conv_images(&conv, dy, dx);
     }
 
     fn conv2d_backward_params(
