@@ -1,6 +1,8 @@
 //! With the `cuda` feature: compiles every `kernels/*.cu` to PTX through NVRTC and embeds
-//! it (with the source, for recompiling on a driver that refuses the PTX), and builds the
-//! host emulator that runs the same kernels on the CPU in tests. Without it: nothing.
+//! it (with the source, for recompiling on a driver that refuses the PTX), generates one typed
+//! launch function per kernel from its signature, and builds the host emulator that runs the
+//! same kernels on the CPU in tests, and the fake `libcuda`/`libcublas` over it (test
+//! infrastructure, never linked into the binary). Without it: nothing.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -9,20 +11,53 @@ fn main() {
 }
 
 #[cfg(feature = "cuda")]
+#[path = "src/backend/cuda/tiles.rs"]
+mod tiles;
+
+#[cfg(feature = "cuda")]
 mod cuda {
     use std::fmt::Write as _;
     use std::fs;
     use std::path::{Path, PathBuf};
+    use std::process::Command;
 
-    /// The virtual architecture the embedded PTX targets unless overridden.
-    const DEFAULT_ARCH: &str = "compute_70";
+    use super::tiles;
+
+    /// The oldest architecture the kernels are written for (they use nothing newer).
+    const OLDEST_ARCH: i32 = 70;
     const ARCH_VAR: &str = "RESNET_MNIST_CUDA_ARCH";
 
     /// One `.cu` file with its local `#include "..."`s inlined.
     struct Unit {
         stem: String,
         source: String,
-        kernels: Vec<String>,
+        kernels: Vec<Kernel>,
+    }
+
+    /// An `extern "C" __global__` function and its parameters, as the host passes them.
+    struct Kernel {
+        name: String,
+        params: Vec<(String, Param)>,
+    }
+
+    /// A kernel parameter type the host can pass, and the Rust type of its launch argument.
+    #[derive(Clone, Copy)]
+    enum Param {
+        Ptr,
+        I32,
+        U32,
+        F32,
+    }
+
+    impl Param {
+        fn rust(self) -> (&'static str, &'static str) {
+            match self {
+                Param::Ptr => ("DevPtr", "Ptr"),
+                Param::I32 => ("i32", "I32"),
+                Param::U32 => ("u32", "U32"),
+                Param::F32 => ("f32", "F32"),
+            }
+        }
     }
 
     pub fn build() {
@@ -30,19 +65,38 @@ mod cuda {
         let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
         println!("cargo:rerun-if-changed=kernels");
         println!("cargo:rerun-if-changed=kernels/emu");
+        println!("cargo:rerun-if-changed=src/backend/cuda/tiles.rs");
         println!("cargo:rerun-if-env-changed={ARCH_VAR}");
-        let arch: &'static str = match std::env::var(ARCH_VAR) {
-            Ok(arch) => Box::leak(arch.into_boxed_str()),
-            Err(_) => DEFAULT_ARCH,
-        };
+        // Which libnvrtc loads, and so which architectures exist, depends on it.
+        println!("cargo:rerun-if-env-changed=LD_LIBRARY_PATH");
         let units = read_units(&root.join("kernels"));
         require_nvrtc();
+        let arch: &'static str = Box::leak(std::env::var(ARCH_VAR).unwrap_or_else(|_| default_arch()).into_boxed_str());
         for unit in &units {
             fs::write(out.join(format!("{}.cu", unit.stem)), &unit.source).expect("writing kernel source");
             fs::write(out.join(format!("{}.ptx", unit.stem)), compile(unit, arch)).expect("writing PTX");
         }
         fs::write(out.join("kernels.rs"), kernels_rs(&units, arch)).expect("writing kernels.rs");
         build_emulator(&root, &out, &units);
+        build_fakes(&root, &out);
+    }
+
+    /// The oldest virtual architecture the loaded NVRTC supports that is at least
+    /// [`OLDEST_ARCH`]: `compute_70` on CUDA 12, `compute_75` on CUDA 13, which dropped Volta.
+    fn default_arch() -> String {
+        use cudarc::nvrtc::sys;
+        let mut count = 0;
+        // SAFETY: NVRTC writes `count` architectures into a buffer of that many.
+        let archs = unsafe {
+            sys::nvrtcGetNumSupportedArchs(&mut count).result().expect("nvrtcGetNumSupportedArchs");
+            let mut archs = vec![0; count as usize];
+            sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()).result().expect("nvrtcGetSupportedArchs");
+            archs
+        };
+        let oldest = archs.iter().copied().filter(|&a| a >= OLDEST_ARCH).min().unwrap_or_else(|| {
+            panic!("this NVRTC supports none of the architectures the kernels need (compute_{OLDEST_ARCH} or newer): {archs:?}")
+        });
+        format!("compute_{oldest}")
     }
 
     fn read_units(dir: &Path) -> Vec<Unit> {
@@ -56,7 +110,7 @@ mod cuda {
             .iter()
             .map(|path| {
                 let source = inline_includes(path);
-                let kernels = kernel_names(&source);
+                let kernels = kernels(&source);
                 Unit { stem: path.file_stem().unwrap().to_string_lossy().into_owned(), source, kernels }
             })
             .collect()
@@ -81,13 +135,35 @@ mod cuda {
         out
     }
 
-    /// Names of the `extern "C" __global__` functions, which the host launches by name.
-    fn kernel_names(source: &str) -> Vec<String> {
+    /// The `extern "C" __global__` functions, which the host launches by name, with their
+    /// parameter lists.
+    fn kernels(source: &str) -> Vec<Kernel> {
         source
             .split("extern \"C\" __global__ void ")
             .skip(1)
-            .map(|rest| rest.split('(').next().unwrap().trim().to_string())
+            .map(|rest| {
+                let (name, rest) = rest.split_once('(').expect("a kernel's parameter list");
+                let name = name.trim().to_string();
+                let list = rest.split_once(')').expect("the end of a kernel's parameter list").0;
+                let params = list.split(',').filter(|p| !p.trim().is_empty()).map(|p| param(&name, p)).collect();
+                Kernel { name, params }
+            })
             .collect()
+    }
+
+    /// One parameter such as `const float* __restrict__ x`: its name and how it is passed.
+    fn param(kernel: &str, text: &str) -> (String, Param) {
+        let text = text.replace("__restrict__", " ").replace('*', " * ");
+        let mut tokens: Vec<&str> = text.split_whitespace().filter(|&t| t != "const").collect();
+        let name = tokens.pop().unwrap_or_else(|| panic!("kernel {kernel}: an empty parameter")).to_string();
+        let kind = match tokens.join(" ").as_str() {
+            t if t.ends_with('*') => Param::Ptr,
+            "int" => Param::I32,
+            "unsigned int" => Param::U32,
+            "float" => Param::F32,
+            t => panic!("kernel {kernel}: parameter {name} has type `{t}`, which the host cannot pass (build.rs)"),
+        };
+        (name, kind)
     }
 
     fn require_nvrtc() {
@@ -104,9 +180,11 @@ mod cuda {
     }
 
     fn compile(unit: &Unit, arch: &'static str) -> String {
+        let mut options = vec!["-lineinfo".to_string(), "--std=c++17".to_string()];
+        options.extend(tiles::define_flags());
         let opts = cudarc::nvrtc::CompileOptions {
             arch: Some(arch),
-            options: vec!["-lineinfo".into(), "--std=c++17".into()],
+            options,
             name: Some(format!("{}.cu", unit.stem)),
             ..Default::default()
         };
@@ -125,15 +203,40 @@ mod cuda {
         rs += "/// Every kernel file: its PTX, its source with headers inlined, and its kernels.\n";
         rs += "pub const MODULES: &[KernelModule] = &[\n";
         for u in units {
+            let names: Vec<&str> = u.kernels.iter().map(|k| k.name.as_str()).collect();
             writeln!(
                 rs,
                 "    KernelModule {{ file: \"{0}.cu\", ptx: include_str!(concat!(env!(\"OUT_DIR\"), \"/{0}.ptx\")), \
                  source: include_str!(concat!(env!(\"OUT_DIR\"), \"/{0}.cu\")), kernels: &{1:?} }},",
-                u.stem, u.kernels
+                u.stem, names
             )
             .unwrap();
         }
-        rs + "];\n"
+        rs += "];\n";
+        for (unit, k) in units.iter().flat_map(|u| u.kernels.iter().map(move |k| (u, k))) {
+            let params: Vec<String> = k.params.iter().map(|(name, p)| format!("{name}: {}", p.rust().0)).collect();
+            let args: Vec<String> = k
+                .params
+                .iter()
+                .map(|(name, p)| match p {
+                    Param::Ptr => format!("Arg::Ptr({name}.0)"),
+                    _ => format!("Arg::{}({name})", p.rust().1),
+                })
+                .collect();
+            writeln!(
+                rs,
+                "\n/// `{name}` of `kernels/{stem}.cu`, with its parameters in their order and types.\n\
+                 #[allow(clippy::too_many_arguments)]\n\
+                 pub fn {name}({params}) -> KernelCall {{\n    \
+                 KernelCall {{ kernel: \"{name}\", args: vec![{args}] }}\n}}",
+                name = k.name,
+                stem = unit.stem,
+                params = params.join(", "),
+                args = args.join(", ")
+            )
+            .unwrap();
+        }
+        rs
     }
 
     /// Compiles the emulator runtime and one translation unit holding every kernel file and
@@ -144,11 +247,11 @@ mod cuda {
             writeln!(cpp, "#include \"{}\"", root.join("kernels").join(format!("{}.cu", u.stem)).display()).unwrap();
         }
         cpp += "\nstatic const emu::KernelEntry KERNELS[] = {\n";
-        for name in units.iter().flat_map(|u| &u.kernels) {
+        for name in units.iter().flat_map(|u| &u.kernels).map(|k| &k.name) {
             writeln!(
                 cpp,
                 "    {{\"{name}\", [](void** args) {{ emu::call_with(&{name}, args, \
-                 std::make_index_sequence<emu::arity(&{name})>()); }}}},"
+                 std::make_index_sequence<emu::params_of(&{name}).count>()); }}, emu::params_of(&{name})}},"
             )
             .unwrap();
         }
@@ -156,13 +259,63 @@ mod cuda {
         cpp += "    *count = sizeof(KERNELS) / sizeof(KERNELS[0]);\n    return KERNELS;\n}\n";
         let table = out.join("emu_kernels.cpp");
         fs::write(&table, cpp).expect("writing emu_kernels.cpp");
-        cc::Build::new()
-            .cpp(true)
-            .std("c++17")
-            .opt_level(2)
-            .warnings(false)
-            .file(root.join("kernels/emu/emu.cpp"))
-            .file(&table)
-            .compile("cuda_emu");
+        let mut build = cpp_build();
+        for (name, value) in tiles::DEFINES {
+            build.define(name, value.to_string().as_str());
+        }
+        build.file(root.join("kernels/emu/emu.cpp")).file(&table).compile("cuda_emu");
+    }
+
+    fn cpp_build() -> cc::Build {
+        let mut build = cc::Build::new();
+        // The emulator switches fibers with _longjmp, which fortified builds refuse across stacks.
+        build.cpp(true).std("c++17").opt_level(2).pic(true).warnings(false).flag("-U_FORTIFY_SOURCE");
+        build
+    }
+
+    /// The fake driver and cuBLAS (`kernels/emu/fake_*.cpp`) as shared libraries, in
+    /// `fake-cuda/driver` and `fake-cuda/cublas` of `OUT_DIR` (apart, so that a test can leave
+    /// cuBLAS out), each also under its unversioned name, which cudarc tries first. The
+    /// driver links the emulator built above; its own symbols stay hidden.
+    fn build_fakes(root: &Path, out: &Path) {
+        let fakes = out.join("fake-cuda");
+        let (driver, cublas) = (fakes.join("driver"), fakes.join("cublas"));
+        for dir in [&driver, &cublas] {
+            fs::create_dir_all(dir).expect("creating fake-cuda/");
+        }
+        let emu = root.join("kernels/emu");
+        link(
+            &driver.join("libcuda.so.1"),
+            &[emu.join("fake_driver.cpp").to_str().unwrap(), &format!("-I{}", emu.display())],
+            &["-Wl,--whole-archive", out.join("libcuda_emu.a").to_str().unwrap(), "-Wl,--no-whole-archive"],
+        );
+        link(
+            &cublas.join("libcublas.so.13"),
+            &[emu.join("fake_cublas.cpp").to_str().unwrap()],
+            &[driver.join("libcuda.so.1").to_str().unwrap(), "-Wl,-rpath,$ORIGIN/../driver"],
+        );
+        for (dir, versioned, plain) in
+            [(&driver, "libcuda.so.1", "libcuda.so"), (&cublas, "libcublas.so.13", "libcublas.so")]
+        {
+            let _ = fs::remove_file(dir.join(plain));
+            std::os::unix::fs::symlink(versioned, dir.join(plain)).expect("linking the unversioned name");
+        }
+        println!("cargo:rustc-env=RESNET_MNIST_FAKE_CUDA={}", fakes.display());
+    }
+
+    /// Compiles and links one shared library named (and sonamed) after `path`.
+    fn link(path: &Path, sources: &[&str], libs: &[&str]) {
+        let compiler = cpp_build().get_compiler();
+        let soname = path.file_name().unwrap().to_str().unwrap();
+        let status = Command::new(compiler.path())
+            .args(compiler.args())
+            .args(["-shared", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-Wl,--exclude-libs,ALL", "-o"])
+            .arg(path)
+            .arg(format!("-Wl,-soname,{soname}"))
+            .args(sources)
+            .args(libs)
+            .status()
+            .unwrap_or_else(|e| panic!("running the C++ compiler for {soname}: {e}"));
+        assert!(status.success(), "building the fake {soname} failed");
     }
 }

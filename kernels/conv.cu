@@ -9,14 +9,17 @@
 // where `pix`/`p` run over batch x output plane and kk = kernel^2.
 #include "common.cuh"
 
-// A block computes a TILE_M x TILE_N tile of the output with 256 threads: thread (ty, tx)
-// owns row ty and columns tx, tx+16, tx+32, tx+48, so a warp's stores are 2 runs of 16
+// A block computes a TILE_M x TILE_N tile of the output with TILE_THREADS threads: thread
+// (ty, tx) owns row ty and columns tx, tx+16, tx+32, ..., so a warp's stores are runs of 16
 // consecutive floats. Each K step stages TILE_K x TILE_M of A and TILE_K x TILE_N of B.
-#define TILE_M 16
-#define TILE_N 64
-#define TILE_K 16
-#define TILE_THREADS 256
+// The tile sizes come from src/backend/cuda/tiles.rs, as -D flags.
+#if !defined(TILE_M) || !defined(TILE_N) || !defined(TILE_K) || !defined(TILE_THREADS)
+#error "conv.cu needs TILE_M, TILE_N, TILE_K and TILE_THREADS from src/backend/cuda/tiles.rs"
+#endif
 #define TILE_COLS (TILE_N / 16)
+static_assert(TILE_THREADS == TILE_M * 16, "one thread per row and 16th of the columns");
+static_assert(TILE_K * TILE_M == TILE_THREADS, "the A stage loads one element per thread");
+static_assert(TILE_K * TILE_N % TILE_THREADS == 0, "the B stage loads whole rounds of threads");
 
 struct ConvGeom {
     int batch, c_in, c_out, height, width, kernel, pad, h_out, w_out;

@@ -5,7 +5,7 @@
 // stored apart) and the gradient sums of their backward. beta = 0 never reads y, so a copy
 // into a fresh buffer cannot pick up its NaNs.
 extern "C" __global__ void axpby(float alpha, const float* __restrict__ a, float beta,
-                                 float* __restrict__ y, unsigned int n, unsigned int relu) {
+                                 float* __restrict__ y, unsigned int n, int relu) {
     for (unsigned int i = global_index(); i < n; i += grid_stride()) {
         float v = alpha * a[i];
         if (beta != 0.0f) v += beta * y[i];
@@ -33,7 +33,7 @@ extern "C" __global__ void relu_backward(const float* __restrict__ y, float* __r
 // semantics: the first step sets buf = g).
 extern "C" __global__ void sgd_momentum(float* __restrict__ params, const float* __restrict__ grads,
                                         float* __restrict__ momentum, unsigned int n, float lr,
-                                        float mu, unsigned int first) {
+                                        float mu, int first) {
     for (unsigned int i = global_index(); i < n; i += grid_stride()) {
         const float m = first ? grads[i] : mu * momentum[i] + grads[i];
         momentum[i] = m;

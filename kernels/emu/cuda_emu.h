@@ -51,15 +51,36 @@ void call_with(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
     kernel(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(args[I])...);
 }
 
+// A kernel's parameters as cuLaunchKernel copies them: how many, each one's size, and which
+// are pointers (device addresses a launch may be checked against).
+struct Params {
+    std::size_t count;
+    const std::size_t* sizes;
+    const bool* pointers;
+};
+
 template <class... A>
-constexpr std::size_t arity(void (*)(A...)) {
-    return sizeof...(A);
+struct ParamsOf {
+    // One spare element keeps the arrays well-formed for kernels without parameters.
+    static constexpr std::size_t sizes[] = {sizeof(A)..., 0};
+    static constexpr bool pointers[] = {std::is_pointer_v<A>..., false};
+    static constexpr Params value = {sizeof...(A), sizes, pointers};
+};
+
+template <class... A>
+constexpr Params params_of(void (*)(A...)) {
+    return ParamsOf<A...>::value;
 }
 
 struct KernelEntry {
     const char* name;
     Entry entry;
+    Params params;
 };
+
+// Runs `kernel` to completion over the grid, blocks one after another on the calling thread.
+void launch(const KernelEntry& kernel, const unsigned int grid[3], const unsigned int block[3],
+            unsigned int shared_bytes, void** args);
 
 }  // namespace emu
 

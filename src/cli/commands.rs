@@ -57,7 +57,12 @@ fn on_device(common: &CommonArgs, command: &impl OnBackend) -> Result<()> {
 
 #[cfg(feature = "cuda")]
 fn gpu() -> Result<CudaBackend<CudarcDevice>, String> {
-    CudarcDevice::new(0).map(|device| CudaBackend::new(device, true)).map_err(|e| format!("no usable GPU: {e}"))
+    let open = || {
+        let backend = CudaBackend::new(CudarcDevice::new(0)?, true);
+        backend.self_test()?;
+        Ok(backend)
+    };
+    open().map_err(|e: resnet_mnist::backend::cuda::CudaError| format!("no usable GPU: {e}"))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -29,6 +29,19 @@ impl Arg {
     }
 }
 
+/// A device address, as a kernel's pointer parameter takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevPtr(pub u64);
+
+/// A kernel and its arguments, made by the typed launch functions that build.rs generates
+/// from the kernels' signatures ([`super::kernels`]), so that a misspelled kernel or a wrong
+/// argument list does not compile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelCall {
+    pub kernel: &'static str,
+    pub args: Vec<Arg>,
+}
+
 /// A kernel launch: grid and block sizes, dynamic shared memory and arguments.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Launch {

@@ -38,8 +38,16 @@ fn check_libraries() -> Result<(), CudaError> {
     // SAFETY: these only try to open the shared libraries.
     let present = unsafe {
         [
-            ("libcuda (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()),
-            ("libcublas", cudarc::cublas::sys::is_culib_present()),
+            (
+                "the NVIDIA driver (libcuda.so.1) cannot be loaded: no NVIDIA driver is installed, or its folder \
+                 is not on the loader's path",
+                cudarc::driver::sys::is_culib_present(),
+            ),
+            (
+                "cuBLAS (libcublas.so.13 or libcublas.so.12) cannot be loaded: install it (with the CUDA toolkit, \
+                 or `pip install nvidia-cublas-cu12`) and put its lib folder on LD_LIBRARY_PATH",
+                cudarc::cublas::sys::is_culib_present(),
+            ),
         ]
     };
     match present.iter().find(|(_, found)| !found) {
@@ -104,14 +112,18 @@ fn load_module(ctx: &Arc<CudaContext>, module: &KernelModule) -> Result<Arc<Cuda
 fn recompile(ctx: &Arc<CudaContext>, module: &KernelModule) -> Result<Ptx, CudaError> {
     // SAFETY: only tries to open the shared library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(CudaError::MissingLibrary("libnvrtc (needed to recompile the kernels for this driver)"));
+        return Err(CudaError::MissingLibrary(
+            "the driver refuses the embedded PTX (built by a newer CUDA than the driver supports), and NVRTC \
+             (libnvrtc), which would recompile it for this driver, cannot be loaded: update the NVIDIA driver, or \
+             install the NVRTC of the driver's CUDA version (`pip install nvidia-cuda-nvrtc-cu12`) and put its lib \
+             folder on LD_LIBRARY_PATH",
+        ));
     }
     let (major, minor) = ctx.compute_capability()?;
-    let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "-lineinfo".into(), "--std=c++17".into()],
-        name: Some(module.file.into()),
-        ..Default::default()
-    };
+    let mut options =
+        vec![format!("--gpu-architecture=compute_{major}{minor}"), "-lineinfo".into(), "--std=c++17".into()];
+    options.extend(super::tiles::define_flags());
+    let opts = CompileOptions { options, name: Some(module.file.into()), ..Default::default() };
     cudarc::nvrtc::compile_ptx_with_opts(module.source, opts)
         .map_err(|e| CudaError::Compile { file: module.file, log: format!("{e:?}") })
 }

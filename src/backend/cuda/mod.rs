@@ -15,6 +15,7 @@ pub mod device;
 pub mod emu;
 pub mod hw;
 pub mod kernels;
+pub mod tiles;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -24,15 +25,18 @@ use crate::data::IMAGE_PIXELS;
 
 use super::cpu::{PIXEL_MEAN, PIXEL_STD};
 use super::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats, StepKey};
-pub use device::{Arg, Device, Gemm, Launch};
+pub use device::{Arg, DevPtr, Device, Gemm, KernelCall, Launch};
+use kernels as k;
+use tiles::{TILE_K, TILE_M, TILE_N, TILE_THREADS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
-    #[error("{0} cannot be loaded")]
+    /// A shared library that cannot be opened; the text says which, and what to install.
+    #[error("{0}")]
     MissingLibrary(&'static str),
     #[error("no CUDA device found")]
     NoDevice,
-    #[error("CUDA driver: {0}")]
+    #[error("CUDA driver: {}", driver_message(.0))]
     Driver(#[from] cudarc::driver::DriverError),
     #[error("cuBLAS: {0}")]
     Blas(#[from] cudarc::cublas::result::CublasError),
@@ -44,16 +48,22 @@ pub enum CudaError {
     OutOfMemory(usize),
     #[error("ending a stream capture that was not started")]
     NotCapturing,
+    #[error("the start-up check computed {got:?} on the device instead of {expected:?}")]
+    WrongResult { got: Vec<f32>, expected: Vec<f32> },
+}
+
+/// `CUDA_ERROR_OUT_OF_MEMORY (out of memory)`, as the driver names and describes its error.
+fn driver_message(e: &cudarc::driver::DriverError) -> String {
+    match (e.error_name(), e.error_string()) {
+        (Ok(name), Ok(text)) => format!("{} ({})", name.to_string_lossy(), text.to_string_lossy()),
+        _ => format!("{:?}", e.0),
+    }
 }
 
 /// Threads per block of the element-wise kernels and the gather.
 const THREADS: u32 = 256;
 /// Grid-stride kernels use at most this many blocks: enough to fill any current GPU.
 const MAX_BLOCKS: usize = 4096;
-/// The conv kernels' tile: rows × columns per block, and the reduction step (conv.cu).
-const TILE_M: usize = 16;
-const TILE_N: usize = 64;
-const TILE_K: usize = 16;
 /// Output pixels one slice of the split-K weight gradient aims to reduce.
 const FILTER_SPLIT_PIXELS: usize = 512;
 const MAX_FILTER_SPLITS: usize = 64;
@@ -80,11 +90,11 @@ impl<D: Device, T> DevBuf<D, T> {
         self.address + (index * std::mem::size_of::<T>()) as u64
     }
 
-    fn at(&self, index: usize) -> Arg {
-        Arg::Ptr(self.addr(index))
+    fn at(&self, index: usize) -> DevPtr {
+        DevPtr(self.addr(index))
     }
 
-    fn ptr(&self) -> Arg {
+    fn ptr(&self) -> DevPtr {
         self.at(0)
     }
 }
@@ -118,17 +128,23 @@ fn blocks(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).max(1) as u32
 }
 
-fn dim(v: usize) -> Arg {
-    Arg::I32(i32::try_from(v).expect("dimension fits in i32"))
+fn dim(v: usize) -> i32 {
+    i32::try_from(v).expect("dimension fits in i32")
 }
 
-fn uint(v: usize) -> Arg {
-    Arg::U32(u32::try_from(v).expect("count fits in u32"))
+fn uint(v: usize) -> u32 {
+    u32::try_from(v).expect("count fits in u32")
 }
 
-/// The conv kernels' shape arguments, in their parameter order.
-fn conv_args(s: &ConvShape) -> [Arg; 7] {
-    [dim(s.batch), dim(s.c_in), dim(s.c_out), dim(s.height), dim(s.width), dim(s.kernel), dim(s.pad)]
+/// A kernel's on/off parameter.
+fn flag(on: bool) -> i32 {
+    on.into()
+}
+
+/// The conv kernels' shape parameters, in their order: batch, c_in, c_out, height, width,
+/// kernel, pad.
+fn conv_dims(s: &ConvShape) -> [i32; 7] {
+    [s.batch, s.c_in, s.c_out, s.height, s.width, s.kernel, s.pad].map(dim)
 }
 
 impl<D: Device> CudaBackend<D> {
@@ -150,18 +166,24 @@ impl<D: Device> CudaBackend<D> {
         buf
     }
 
-    fn launch(&self, kernel: &'static str, grid: [u32; 3], block: u32, shared_bytes: u32, args: Vec<Arg>) {
+    fn launch(&self, call: KernelCall, grid: [u32; 3], block: u32, shared_bytes: u32) {
+        let KernelCall { kernel, args } = call;
         check(self.device.launch(&Launch { kernel, grid, block: [block, 1, 1], shared_bytes, args }));
     }
 
     /// A grid-stride kernel over `n` elements.
-    fn launch_elementwise(&self, kernel: &'static str, n: usize, args: Vec<Arg>) {
+    fn launch_elementwise(&self, call: KernelCall, n: usize) {
         let grid = blocks(n, THREADS as usize).min(MAX_BLOCKS as u32);
-        self.launch(kernel, [grid, 1, 1], THREADS, 0, args);
+        self.launch(call, [grid, 1, 1], THREADS, 0);
+    }
+
+    /// A conv kernel over a grid of tiles.
+    fn launch_tiles(&self, call: KernelCall, grid: [u32; 3]) {
+        self.launch(call, grid, TILE_THREADS as u32, 0);
     }
 
     /// The split-K partials buffer, grown to at least `len` floats; returns its address.
-    fn partials(&self, len: usize) -> Arg {
+    fn partials(&self, len: usize) -> DevPtr {
         let mut partials = self.partials.borrow_mut();
         if !partials.as_ref().is_some_and(|p| p.len >= len) {
             *partials = Some(self.alloc(len));
@@ -183,6 +205,29 @@ impl<D: Device> CudaBackend<D> {
         let graph = check(self.device.end_capture());
         check(self.device.replay(&graph));
         cache.borrow_mut().graphs.insert(key, graph);
+    }
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// Runs one kernel on the device and reads its result back, so that a device which
+    /// opens but cannot run this build's kernels (a launch failure, a refused module, a wrong
+    /// result) is found before any work is given to it, while `--device auto` can still
+    /// choose the CPU.
+    pub fn self_test(&self) -> Result<(), CudaError> {
+        let input = [1.0f32, -2.0, 3.5, 0.25];
+        let expected: Vec<f32> = input.iter().map(|v| v * 2.0).collect();
+        let bytes: Vec<u8> = input.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut mem = self.device.alloc(bytes.len())?;
+        self.device.upload(&mut mem, &bytes)?;
+        let KernelCall { kernel, args } = k::scale(DevPtr(self.device.address(&mem)), uint(input.len()), 2.0);
+        self.device.launch(&Launch { kernel, grid: [1, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0, args })?;
+        let mut out = vec![0u8; bytes.len()];
+        self.device.download(&mem, &mut out)?;
+        let got: Vec<f32> = out.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if got != expected {
+            return Err(CudaError::WrongResult { got, expected });
+        }
+        Ok(())
     }
 }
 
@@ -247,18 +292,18 @@ impl<D: Device> Backend for CudaBackend<D> {
         x: &mut Self::Buf,
         labels: &mut Self::Idx,
     ) {
-        let args = vec![
+        let call = k::gather_batch(
             data.images.ptr(),
             data.labels.ptr(),
             order.ptr(),
             uint(start),
             uint(IMAGE_PIXELS),
-            Arg::F32(PIXEL_MEAN),
-            Arg::F32(PIXEL_STD),
+            PIXEL_MEAN,
+            PIXEL_STD,
             x.ptr(),
             labels.ptr(),
-        ];
-        self.launch("gather_batch", [count as u32, 1, 1], THREADS, 0, args);
+        );
+        self.launch(call, [uint(count), 1, 1], THREADS, 0);
     }
 
     fn conv2d_forward(
@@ -271,10 +316,11 @@ impl<D: Device> Backend for CudaBackend<D> {
         relu: bool,
     ) {
         let grid = [blocks(s.batch * s.h_out() * s.w_out(), TILE_N), blocks(s.c_out, TILE_M), 1];
-        let mut args = vec![x.ptr(), params.at(slot.offset), params.at(slot.bias().start), y.ptr()];
-        args.extend(conv_args(s));
-        args.push(Arg::I32(relu.into()));
-        self.launch("conv2d_forward", grid, THREADS, 0, args);
+        let (w, bias) = (params.at(slot.offset), params.at(slot.bias().start));
+        let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
+        let call =
+            k::conv2d_forward(x.ptr(), w, bias, y.ptr(), batch, c_in, c_out, height, width, kernel, pad, flag(relu));
+        self.launch_tiles(call, grid);
     }
 
     fn conv2d_backward_data(
@@ -287,10 +333,22 @@ impl<D: Device> Backend for CudaBackend<D> {
         accumulate: bool,
     ) {
         let grid = [blocks(s.batch * s.height * s.width, TILE_N), blocks(s.c_in, TILE_M), 1];
-        let mut args = vec![dy.ptr(), params.at(slot.offset), dx.ptr()];
-        args.extend(conv_args(s));
-        args.push(Arg::I32(accumulate.into()));
-        self.launch("conv2d_backward_data", grid, THREADS, 0, args);
+        let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
+        let w = params.at(slot.offset);
+        let call = k::conv2d_backward_data(
+            dy.ptr(),
+            w,
+            dx.ptr(),
+            batch,
+            c_in,
+            c_out,
+            height,
+            width,
+            kernel,
+            pad,
+            flag(accumulate),
+        );
+        self.launch_tiles(call, grid);
     }
 
     fn conv2d_backward_params(
@@ -306,36 +364,48 @@ impl<D: Device> Backend for CudaBackend<D> {
         let split_len = pixels.div_ceil(wanted).next_multiple_of(TILE_K);
         let splits = pixels.div_ceil(split_len);
         let partials = self.partials(splits * slot.len());
-        let grid = [blocks(s.patch(), TILE_N), blocks(s.c_out, TILE_M), splits as u32];
-        let mut args = vec![x.ptr(), dy.ptr(), partials];
-        args.extend(conv_args(s));
-        args.push(dim(split_len));
-        self.launch("conv2d_backward_filter", grid, THREADS, 0, args);
-        let args = vec![partials, grads.at(slot.offset), dim(splits), dim(slot.len())];
-        self.launch_elementwise("sum_splits", slot.len(), args);
+        let grid = [blocks(s.patch(), TILE_N), blocks(s.c_out, TILE_M), uint(splits)];
+        let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
+        let call = k::conv2d_backward_filter(
+            x.ptr(),
+            dy.ptr(),
+            partials,
+            batch,
+            c_in,
+            c_out,
+            height,
+            width,
+            kernel,
+            pad,
+            dim(split_len),
+        );
+        self.launch_tiles(call, grid);
+        let call = k::sum_splits(partials, grads.at(slot.offset), dim(splits), dim(slot.len()));
+        self.launch_elementwise(call, slot.len());
     }
 
     fn relu_backward(&self, len: usize, y: &Self::Buf, dy: &mut Self::Buf) {
-        self.launch_elementwise("relu_backward", len, vec![y.ptr(), dy.ptr(), uint(len)]);
+        self.launch_elementwise(k::relu_backward(y.ptr(), dy.ptr(), uint(len)), len);
     }
 
     fn axpby(&self, len: usize, alpha: f32, a: &Self::Buf, beta: f32, y: &mut Self::Buf, relu: bool) {
-        let args = vec![Arg::F32(alpha), a.ptr(), Arg::F32(beta), y.ptr(), uint(len), Arg::U32(relu.into())];
-        self.launch_elementwise("axpby", len, args);
+        self.launch_elementwise(k::axpby(alpha, a.ptr(), beta, y.ptr(), uint(len), flag(relu)), len);
     }
 
     fn scale(&self, len: usize, alpha: f32, y: &mut Self::Buf) {
-        self.launch_elementwise("scale", len, vec![y.ptr(), uint(len), Arg::F32(alpha)]);
+        self.launch_elementwise(k::scale(y.ptr(), uint(len), alpha), len);
     }
 
     fn maxpool_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf, argmax: &mut Self::Idx) {
-        let args = vec![x.ptr(), y.ptr(), argmax.ptr(), uint(s.batch * s.channels), uint(s.height), uint(s.width)];
-        self.launch_elementwise("maxpool_forward", s.out_len(), args);
+        let planes = uint(s.batch * s.channels);
+        let call = k::maxpool_forward(x.ptr(), y.ptr(), argmax.ptr(), planes, uint(s.height), uint(s.width));
+        self.launch_elementwise(call, s.out_len());
     }
 
     fn maxpool_backward(&self, s: &PoolShape, dy: &Self::Buf, argmax: &Self::Idx, dx: &mut Self::Buf) {
-        let args = vec![dy.ptr(), argmax.ptr(), dx.ptr(), uint(s.batch * s.channels), uint(s.height), uint(s.width)];
-        self.launch_elementwise("maxpool_backward", s.in_len(), args);
+        let planes = uint(s.batch * s.channels);
+        let call = k::maxpool_backward(dy.ptr(), argmax.ptr(), dx.ptr(), planes, uint(s.height), uint(s.width));
+        self.launch_elementwise(call, s.in_len());
     }
 
     /// Row-major `y = x·Wᵀ` is column-major `yᵀ = Wᵀᵀ·xᵀ`: cuBLAS with W transposed.
@@ -355,8 +425,8 @@ impl<D: Device> Backend for CudaBackend<D> {
             ldc: s.outputs,
         };
         check(self.device.sgemm(&gemm));
-        let args = vec![y.ptr(), params.at(slot.bias().start), uint(s.batch), uint(s.outputs)];
-        self.launch_elementwise("add_bias_rows", s.batch * s.outputs, args);
+        let call = k::add_bias_rows(y.ptr(), params.at(slot.bias().start), uint(s.batch), uint(s.outputs));
+        self.launch_elementwise(call, s.batch * s.outputs);
     }
 
     /// Row-major `dx = dy·W`, column-major `dxᵀ = Wᵀ·dyᵀ`.
@@ -409,9 +479,9 @@ impl<D: Device> Backend for CudaBackend<D> {
             ldc: s.inputs,
         };
         check(self.device.sgemm(&gemm));
-        let args = vec![dy.ptr(), grads.at(slot.bias().start), uint(s.batch), uint(s.outputs)];
+        let call = k::column_sums(dy.ptr(), grads.at(slot.bias().start), uint(s.batch), uint(s.outputs));
         let warps = THREADS / 32;
-        self.launch("column_sums", [s.outputs as u32, 1, 1], THREADS, warps * 4, args);
+        self.launch(call, [uint(s.outputs), 1, 1], THREADS, warps * 4);
     }
 
     fn softmax_cross_entropy(
@@ -423,23 +493,30 @@ impl<D: Device> Backend for CudaBackend<D> {
         dlogits: &mut Self::Buf,
         stats: &mut Self::StatsBuf,
     ) {
-        let args =
-            vec![logits.ptr(), labels.ptr(), dlogits.ptr(), uint(batch), uint(classes), stats.at(0), stats.at(1)];
-        self.launch("softmax_xent", [blocks(batch, THREADS as usize), 1, 1], THREADS, 0, args);
+        let call = k::softmax_xent(
+            logits.ptr(),
+            labels.ptr(),
+            dlogits.ptr(),
+            uint(batch),
+            uint(classes),
+            stats.at(0),
+            stats.at(1),
+        );
+        self.launch(call, [blocks(batch, THREADS as usize), 1, 1], THREADS, 0);
     }
 
     fn sgd_step(&self, step: SgdStep, params: &mut Self::Buf, grads: &Self::Buf, momentum: &mut Self::Buf) {
         let n = params.len;
-        let args = vec![
+        let call = k::sgd_momentum(
             params.ptr(),
             grads.ptr(),
             momentum.ptr(),
             uint(n),
-            Arg::F32(step.lr),
-            Arg::F32(step.momentum),
-            Arg::U32(step.first.into()),
-        ];
-        self.launch_elementwise("sgd_momentum", n, args);
+            step.lr,
+            step.momentum,
+            flag(step.first),
+        );
+        self.launch_elementwise(call, n);
     }
 
     fn run_step(&self, key: StepKey, step: &mut (dyn FnMut(&Self) + Send)) {
