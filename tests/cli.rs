@@ -7,27 +7,15 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use predicates::str::contains;
 
+mod common;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
-/// A tiny IDX data set: class `l` is a bright bar at rows 2l+4..2l+6, on noise.
+/// The tiny data set these tests train on.
 fn write_dataset(dir: &Path) {
-    let write = |name: &str, magic: u32, dims: &[u32], body: &[u8]| {
-        let mut bytes = magic.to_be_bytes().to_vec();
-        dims.iter().for_each(|d| bytes.extend(d.to_be_bytes()));
-        bytes.extend(body);
-        std::fs::write(dir.join(name), bytes).unwrap();
-    };
-    for (prefix, len) in [("train", 120u32), ("t10k", 40)] {
-        let labels: Vec<u8> = (0..len).map(|i| (i % 10) as u8).collect();
-        let images: Vec<u8> = labels
-            .iter()
-            .flat_map(|&l| (0..784).map(move |p| if p / 56 == l as usize + 2 { 255 } else { (p * 7 % 40) as u8 }))
-            .collect();
-        write(&format!("{prefix}-images-idx3-ubyte"), 0x803, &[len, 28, 28], &images);
-        write(&format!("{prefix}-labels-idx1-ubyte"), 0x801, &[len], &labels);
-    }
+    common::write_dataset(dir, 120, 40);
 }
 
 /// `resnet-mnist <sub>` on the data in `data`, with two threads.

@@ -1,7 +1,11 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "cuda")]
+pub mod cuda_ops;
 pub mod reference64;
+
+use std::path::Path;
 
 use resnet_mnist::backend::Backend;
 use resnet_mnist::model::Model;
@@ -20,4 +24,24 @@ pub fn train_run<B: Backend>(
     let outcome = session::run(&mut session, model, train, test, &|| false, &mut |_| {}).expect("training");
     assert!(matches!(outcome, Outcome::Finished));
     session.state.history
+}
+
+/// A tiny IDX data set of `train` and `test` examples: class `l` is a bright bar at rows
+/// 2l+4..2l+6, on noise.
+pub fn write_dataset(dir: &Path, train: u32, test: u32) {
+    let write = |name: &str, magic: u32, dims: &[u32], body: &[u8]| {
+        let mut bytes = magic.to_be_bytes().to_vec();
+        dims.iter().for_each(|d| bytes.extend(d.to_be_bytes()));
+        bytes.extend(body);
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    for (prefix, len) in [("train", train), ("t10k", test)] {
+        let labels: Vec<u8> = (0..len).map(|i| (i % 10) as u8).collect();
+        let images: Vec<u8> = labels
+            .iter()
+            .flat_map(|&l| (0..784).map(move |p| if p / 56 == l as usize + 2 { 255 } else { (p * 7 % 40) as u8 }))
+            .collect();
+        write(&format!("{prefix}-images-idx3-ubyte"), 0x803, &[len, 28, 28], &images);
+        write(&format!("{prefix}-labels-idx1-ubyte"), 0x801, &[len], &labels);
+    }
 }

@@ -1,0 +1,343 @@
+//! The CUDA backend's ops against the CPU backend, written once over any [`Device`]: the
+//! emulated one (`tests/cuda_emulated.rs`) and the real driver path, `CudarcDevice`, on a GPU
+//! or on the fake driver (`tests/cuda_device.rs`). Every op on odd shapes, sgemm against its
+//! column-major definition, then whole training steps with and without graph capture.
+
+use clap::ValueEnum;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use resnet_mnist::backend::cpu::CpuBackend;
+use resnet_mnist::backend::cuda::{CudaBackend, Device, Gemm};
+use resnet_mnist::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep};
+use resnet_mnist::data::IMAGE_PIXELS;
+use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(1).expect("thread pool")
+}
+
+pub fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// Largest error relative to the largest magnitude of `expected`.
+pub fn assert_close(what: &str, ours: &[f32], expected: &[f32]) {
+    assert_eq!(ours.len(), expected.len(), "{what}: length");
+    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (a, b)) in ours.iter().zip(expected).enumerate() {
+        assert!((a - b).abs() / scale <= TOLERANCE, "{what}: element {i} is {a} on CUDA, {b} on the CPU");
+    }
+}
+
+fn conv_shapes() -> Vec<ConvShape> {
+    let conv =
+        |batch, c_in, c_out, height, width, kernel, pad| ConvShape { batch, c_in, c_out, height, width, kernel, pad };
+    vec![conv(1, 1, 4, 9, 7, 5, 0), conv(2, 3, 17, 6, 6, 3, 1), conv(1, 18, 2, 5, 3, 3, 1), conv(3, 2, 3, 4, 4, 3, 2)]
+}
+
+pub fn conv2d_matches_cpu<D: Device>(g: &CudaBackend<D>) {
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for s in conv_shapes() {
+        let slot = ParamSlot { offset: 5, weight_len: s.weight_len(), bias_len: s.c_out };
+        let (x, params) = (random(&mut rng, s.in_len()), random(&mut rng, slot.offset + slot.len()));
+        let (dy, dx0) = (random(&mut rng, s.out_len()), random(&mut rng, s.in_len()));
+        let (gx, gparams, gdy) = (g.upload(&x), g.upload(&params), g.upload(&dy));
+        for relu in [false, true] {
+            let (mut y, mut gy) = (c.zeros(s.out_len()), g.zeros(s.out_len()));
+            c.conv2d_forward(&s, &x, &params, slot, &mut y, relu);
+            g.conv2d_forward(&s, &gx, &gparams, slot, &mut gy, relu);
+            assert_close(&format!("{s:?} forward relu={relu}"), &g.download(&gy), &y);
+        }
+        for accumulate in [false, true] {
+            let (mut dx, mut gdx) = (dx0.clone(), g.upload(&dx0));
+            c.conv2d_backward_data(&s, &dy, &params, slot, &mut dx, accumulate);
+            g.conv2d_backward_data(&s, &gdy, &gparams, slot, &mut gdx, accumulate);
+            assert_close(&format!("{s:?} backward data acc={accumulate}"), &g.download(&gdx), &dx);
+        }
+        let (mut grads, mut ggrads) = (vec![0.0; params.len()], g.zeros(params.len()));
+        c.conv2d_backward_params(&s, &x, &dy, &mut grads, slot);
+        g.conv2d_backward_params(&s, &gx, &gdy, &mut ggrads, slot);
+        assert_close(&format!("{s:?} backward params"), &g.download(&ggrads), &grads);
+    }
+}
+
+pub fn conv2d_backward_params_splits_long_reductions<D: Device>(g: &CudaBackend<D>) {
+    // 2 × 24 × 24 output pixels: more than one split-K slice, the last one partial.
+    let s = ConvShape { batch: 2, c_in: 1, c_out: 3, height: 26, width: 26, kernel: 3, pad: 0 };
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let slot = ParamSlot { offset: 0, weight_len: s.weight_len(), bias_len: s.c_out };
+    let (x, dy) = (random(&mut rng, s.in_len()), random(&mut rng, s.out_len()));
+    let (mut grads, mut ggrads) = (vec![0.0; slot.len()], g.zeros(slot.len()));
+    c.conv2d_backward_params(&s, &x, &dy, &mut grads, slot);
+    g.conv2d_backward_params(&s, &g.upload(&x), &g.upload(&dy), &mut ggrads, slot);
+    assert_close("split-K weight gradient", &g.download(&ggrads), &grads);
+}
+
+pub fn maxpool_and_elementwise_match_cpu<D: Device>(g: &CudaBackend<D>) {
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for s in [
+        PoolShape { batch: 1, channels: 3, height: 5, width: 7 },
+        PoolShape { batch: 2, channels: 2, height: 4, width: 4 },
+    ] {
+        let x = random(&mut rng, s.in_len());
+        let (mut y, mut idx) = (vec![0.0; s.out_len()], vec![0; s.out_len()]);
+        let (mut gy, mut gidx) = (g.zeros(s.out_len()), g.zeros_idx(s.out_len()));
+        c.maxpool_forward(&s, &x, &mut y, &mut idx);
+        g.maxpool_forward(&s, &g.upload(&x), &mut gy, &mut gidx);
+        assert_close(&format!("{s:?} maxpool forward"), &g.download(&gy), &y);
+        let dy = random(&mut rng, s.out_len());
+        let (mut dx, mut gdx) = (random(&mut rng, s.in_len()), g.upload(&random(&mut rng, s.in_len())));
+        c.maxpool_backward(&s, &dy, &idx, &mut dx);
+        g.maxpool_backward(&s, &g.upload(&dy), &gidx, &mut gdx);
+        assert_close(&format!("{s:?} maxpool backward"), &g.download(&gdx), &dx);
+    }
+
+    // Element-wise ops touch only the leading `len` elements of longer buffers.
+    let (n, len) = (1000, 997);
+    let (a, b, d) = (random(&mut rng, n), random(&mut rng, n), random(&mut rng, n));
+    let (ga, mut y, mut gy) = (g.upload(&a), b.clone(), g.upload(&b));
+    for (alpha, beta, relu) in [(1.0, 1.0, true), (0.5, 0.5, false), (1.0, 0.0, true), (-2.0, 0.0, false)] {
+        c.axpby(len, alpha, &a, beta, &mut y, relu);
+        g.axpby(len, alpha, &ga, beta, &mut gy, relu);
+        assert_close(&format!("axpby {alpha} {beta} {relu}"), &g.download(&gy), &y);
+    }
+    assert_eq!(y[len..], b[len..], "axpby past len");
+    c.scale(len, 0.5, &mut y);
+    g.scale(len, 0.5, &mut gy);
+    assert_close("scale", &g.download(&gy), &y);
+    assert_eq!(y[len..], b[len..], "scale past len");
+    let (mut dy, mut gdy) = (d.clone(), g.upload(&d));
+    c.relu_backward(len, &y, &mut dy);
+    g.relu_backward(len, &gy, &mut gdy);
+    assert_eq!(dy[len..], d[len..], "relu_backward past len");
+    assert_close("relu_backward", &g.download(&gdy), &dy);
+
+    let (p, m) = (random(&mut rng, n), random(&mut rng, n));
+    for first in [true, false] {
+        let step = SgdStep { lr: 0.01, momentum: 0.5, first };
+        let (mut cp, mut cm) = (p.clone(), m.clone());
+        let (mut gp, mut gm) = (g.upload(&p), g.upload(&m));
+        c.sgd_step(step, &mut cp, &d, &mut cm);
+        g.sgd_step(step, &mut gp, &g.upload(&d), &mut gm);
+        assert_close("sgd params", &g.download(&gp), &cp);
+        assert_close("sgd momentum", &g.download(&gm), &cm);
+    }
+}
+
+pub fn linear_and_loss_match_cpu<D: Device>(g: &CudaBackend<D>) {
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for s in
+        [LinearShape { batch: 1, inputs: 7, outputs: CLASSES }, LinearShape { batch: 37, inputs: 33, outputs: CLASSES }]
+    {
+        let slot = ParamSlot { offset: 2, weight_len: s.inputs * s.outputs, bias_len: s.outputs };
+        let params = random(&mut rng, slot.offset + slot.len());
+        let (x, dy) = (random(&mut rng, s.batch * s.inputs), random(&mut rng, s.batch * s.outputs));
+        let (gparams, gx, gdy) = (g.upload(&params), g.upload(&x), g.upload(&dy));
+        let (mut y, mut gy) = (vec![0.0; s.batch * s.outputs], g.zeros(s.batch * s.outputs));
+        c.linear_forward(&s, &x, &params, slot, &mut y);
+        g.linear_forward(&s, &gx, &gparams, slot, &mut gy);
+        assert_close(&format!("{s:?} linear forward"), &g.download(&gy), &y);
+        let (mut dx, mut gdx) = (vec![0.0; x.len()], g.zeros(x.len()));
+        c.linear_backward_data(&s, &dy, &params, slot, &mut dx);
+        g.linear_backward_data(&s, &gdy, &gparams, slot, &mut gdx);
+        assert_close(&format!("{s:?} linear backward data"), &g.download(&gdx), &dx);
+        let (mut grads, mut ggrads) = (vec![0.0; params.len()], g.zeros(params.len()));
+        c.linear_backward_params(&s, &x, &dy, &mut grads, slot);
+        g.linear_backward_params(&s, &gx, &gdy, &mut ggrads, slot);
+        assert_close(
+            &format!("{s:?} linear backward params"),
+            &g.download(&ggrads)[slot.offset..],
+            &grads[slot.offset..],
+        );
+
+        // Scaled logits so that some rows are classified correctly and some not.
+        let logits: Vec<f32> = y.iter().map(|v| 3.0 * v).collect();
+        let labels: Vec<u32> = (0..s.batch).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+        let (mut stats, mut gstats) = (c.new_stats(), g.new_stats());
+        let (mut dz, mut gdz) = (vec![0.0; logits.len()], g.zeros(logits.len()));
+        for _ in 0..2 {
+            c.softmax_cross_entropy(s.batch, CLASSES, &logits, &labels, &mut dz, &mut stats);
+            g.softmax_cross_entropy(
+                s.batch,
+                CLASSES,
+                &g.upload(&logits),
+                &g.upload_idx(&labels),
+                &mut gdz,
+                &mut gstats,
+            );
+        }
+        assert_close(&format!("{s:?} softmax gradient"), &g.download(&gdz), &dz);
+        let (ours, theirs) = (g.take_stats(&mut gstats), c.take_stats(&mut stats));
+        assert_eq!(ours.correct, theirs.correct, "{s:?} correct count");
+        assert!((ours.loss_sum - theirs.loss_sum).abs() <= 1e-4 * theirs.loss_sum.abs(), "{ours:?} vs {theirs:?}");
+        assert_eq!(g.take_stats(&mut gstats), Default::default(), "take_stats resets");
+    }
+}
+
+/// A few random "images" with labels, as a data set.
+pub fn tiny_dataset(rng: &mut ChaCha8Rng, len: usize) -> (Vec<u8>, Vec<u8>) {
+    let images = (0..len * IMAGE_PIXELS).map(|_| rng.random::<u8>()).collect();
+    let labels = (0..len).map(|_| rng.random_range(0..CLASSES as u8)).collect();
+    (images, labels)
+}
+
+pub fn gather_matches_cpu<D: Device>(g: &CudaBackend<D>) {
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (images, labels) = tiny_dataset(&mut rng, 6);
+    let order = vec![4, 1, 5, 0, 2, 3];
+    let (cdata, gdata) = (c.upload_data(&images, &labels), g.upload_data(&images, &labels));
+    let (mut x, mut l) = (vec![0.0; 3 * IMAGE_PIXELS], vec![0; 3]);
+    let (mut gx, mut gl) = (g.zeros(3 * IMAGE_PIXELS), g.zeros_idx(3));
+    c.gather(&cdata, &order, 2, 3, &mut x, &mut l);
+    g.gather(&gdata, &g.upload_idx(&order), 2, 3, &mut gx, &mut gl);
+    assert_close("gathered images", &g.download(&gx), &x);
+    // The labels are checked through the loss in the training test below.
+}
+
+/// Trains `steps` batches (the last one short) on both backends; returns parameters and stats.
+fn train<B: Backend>(backend: B, arch: Arch, data: &(Vec<u8>, Vec<u8>), batches: &[usize]) -> (Vec<f32>, f64, u64) {
+    let (params, loss, correct, _) = train_on(backend, arch, data, batches);
+    (params, loss, correct)
+}
+
+/// [`train`], handing the backend back.
+fn train_on<B: Backend>(
+    backend: B,
+    arch: Arch,
+    data: &(Vec<u8>, Vec<u8>),
+    batches: &[usize],
+) -> (Vec<f32>, f64, u64, B) {
+    let (images, labels) = data;
+    let net = Net::build(arch);
+    let init = net.layout.init(7);
+    let capacity = *batches.iter().max().unwrap();
+    let mut model = Model::new(backend, net, &init, capacity);
+    let data = model.backend.upload_data(images, labels);
+    let order = model.backend.upload_idx(&(0..labels.len() as u32).rev().collect::<Vec<_>>());
+    let mut start = 0;
+    for &batch in batches {
+        model.backend.gather(&data, &order, start, batch, &mut model.ws.x, &mut model.ws.labels);
+        model.train_step(batch, 0.05, 0.5);
+        start += batch;
+    }
+    let stats = model.take_stats();
+    (model.params(), stats.loss_sum, stats.correct, model.into_backend())
+}
+
+pub fn training_steps_match_cpu_with_and_without_graphs<D: Device>(gpu: &dyn Fn(bool) -> CudaBackend<D>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let data = tiny_dataset(&mut rng, 13);
+    // Full batches of 3 (the third and fourth are captured and replayed), then a short one.
+    let batches = [3, 3, 3, 3, 1];
+    let arch = Arch::default();
+    let (cpu_params, cpu_loss, cpu_correct) = train(cpu(), arch, &data, &batches);
+    let (plain, plain_loss, plain_correct) = train(gpu(false), arch, &data, &batches);
+    let (graphed, graphed_loss, graphed_correct) = train(gpu(true), arch, &data, &batches);
+    assert_close("parameters after 5 steps", &plain, &cpu_params);
+    assert!((plain_loss - cpu_loss).abs() <= 1e-4 * cpu_loss, "loss {plain_loss} vs {cpu_loss}");
+    assert_eq!(plain_correct, cpu_correct);
+    assert_eq!(graphed, plain, "graph replay changes the result");
+    assert_eq!((graphed_loss, graphed_correct), (plain_loss, plain_correct));
+}
+
+/// Every block variant, two blocks a stage, with graphs: a full, a short and three full
+/// batches (the fourth step is captured, the fifth replays it).
+pub fn every_block_variant_trains_like_cpu<D: Device>(gpu: &dyn Fn(bool) -> CudaBackend<D>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let data = tiny_dataset(&mut rng, 14);
+    for &block in BlockKind::value_variants() {
+        let arch = Arch { block, depth: 2 };
+        let (cpu_params, cpu_loss, _) = train(cpu(), arch, &data, &[3, 2, 3, 3, 3]);
+        let (gpu_params, gpu_loss, _) = train(gpu(true), arch, &data, &[3, 2, 3, 3, 3]);
+        assert_close(&format!("{arch}: parameters after 5 steps"), &gpu_params, &cpu_params);
+        assert!((gpu_loss - cpu_loss).abs() <= 1e-4 * cpu_loss, "{arch}: loss {gpu_loss} vs {cpu_loss}");
+    }
+}
+
+/// A backend handed from one model to the next replays none of the first one's graphs.
+pub fn a_reused_backend_forgets_the_graphs_of_the_last_model<D: Device>(gpu: &dyn Fn(bool) -> CudaBackend<D>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let data = tiny_dataset(&mut rng, 9);
+    let batches = [3, 3, 3];
+    let (_, _, _, reused) = train_on(gpu(true), Arch::default(), &data, &batches);
+    let (again, ..) = train_on(reused, Arch::default(), &data, &batches);
+    let (fresh, ..) = train_on(gpu(true), Arch::default(), &data, &batches);
+    assert_eq!(again, fresh);
+}
+
+/// `C = op(A)·op(B) + beta·C` as the cuBLAS documentation defines it on column-major
+/// storage: element (i, j) of an `r × c` matrix with leading dimension `ld` is at `i + j·ld`,
+/// and `op(X)` reads X transposed when asked.
+fn sgemm_reference(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let at = |x: &[f32], trans: bool, ld: usize, i: usize, j: usize| if trans { x[j + i * ld] } else { x[i + j * ld] };
+    for j in 0..g.n {
+        for i in 0..g.m {
+            let sum: f32 = (0..g.k).map(|p| at(a, g.trans_a, g.lda, i, p) * at(b, g.trans_b, g.ldb, p, j)).sum();
+            let out = &mut c[i + j * g.ldc];
+            *out = if g.beta == 0.0 { sum } else { sum + g.beta * *out };
+        }
+    }
+}
+
+/// The device's sgemm against [`sgemm_reference`] for every transpose pair, leading
+/// dimensions larger than the matrices, and beta 0 (C's NaNs are not read) and 0.5: a
+/// row-major/column-major mix-up or a wrong leading dimension shows as a wrong product.
+pub fn sgemm_matches_the_column_major_definition<D: Device>(device: &D) {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (m, n, k) = (5, 3, 7);
+    let upload = |values: &[f32]| {
+        let mut mem = device.alloc(values.len() * 4).expect("alloc");
+        device.upload(&mut mem, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()).expect("upload");
+        mem
+    };
+    for (trans_a, trans_b, beta) in
+        [(false, false, 0.0), (true, false, 0.5), (false, true, 0.0), (true, true, 0.5), (true, false, 0.0)]
+    {
+        let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
+        let (lda, ldb, ldc) = (a_rows + 2, b_rows + 1, m + 3);
+        let a = random(&mut rng, lda * a_cols);
+        let b = random(&mut rng, ldb * b_cols);
+        let c0: Vec<f32> = if beta == 0.0 { vec![f32::NAN; ldc * n] } else { random(&mut rng, ldc * n) };
+        let (ga, gb, gc) = (upload(&a), upload(&b), upload(&c0));
+        let gemm = Gemm {
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            a: device.address(&ga),
+            lda,
+            b: device.address(&gb),
+            ldb,
+            beta,
+            c: device.address(&gc),
+            ldc,
+        };
+        device.sgemm(&gemm).expect("sgemm");
+        let mut bytes = vec![0u8; c0.len() * 4];
+        device.download(&gc, &mut bytes).expect("download");
+        let ours: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let mut expected = c0.clone();
+        sgemm_reference(&gemm, &a, &b, &mut expected);
+        for j in 0..n {
+            let column = j * ldc..j * ldc + m;
+            let what = format!("sgemm trans_a={trans_a} trans_b={trans_b} beta={beta}, column {j}");
+            assert_close(&what, &ours[column.clone()], &expected[column]);
+            // Rows past m, inside the leading dimension, are not C's and stay as they were.
+            let padding = j * ldc + m..(j + 1) * ldc;
+            assert_eq!(
+                ours[padding.clone()].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                c0[padding].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{what}: padding rows"
+            );
+        }
+    }
+}
