@@ -5,8 +5,12 @@
 mod common;
 
 use common::cuda_ops as ops;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use resnet_mnist::backend::cuda::emu::EmuDevice;
 use resnet_mnist::backend::cuda::CudaBackend;
+use resnet_mnist::backend::Backend;
+use resnet_mnist::model::{Model, Net};
 
 fn emulated(graphs: bool) -> CudaBackend<EmuDevice> {
     CudaBackend::new(EmuDevice::new(), graphs)
@@ -60,4 +64,23 @@ fn a_reused_backend_forgets_the_graphs_of_the_last_model() {
 #[test]
 fn the_start_up_self_test_passes() {
     emulated(false).self_test().expect("self test");
+}
+
+/// What one training step of the reference network queues on a GPU: the count behind the
+/// per-step floor that README predicts for graph replay. A change in the count is a change
+/// in that prediction.
+#[test]
+fn a_reference_training_step_queues_39_kernels_and_3_sgemms() {
+    let net = Net::new();
+    let init = net.layout.init(0);
+    let mut model = Model::new(emulated(false), net, &init, 4);
+    let data = ops::tiny_dataset(&mut ChaCha8Rng::seed_from_u64(1), 4);
+    let data = model.backend.upload_data(&data.0, &data.1);
+    let order = model.backend.upload_idx(&[0, 1, 2, 3]);
+    model.backend.gather(&data, &order, 0, 4, &mut model.ws.x, &mut model.ws.labels);
+    let before = model.backend.device().queued();
+    model.train_step(4, 0.01, 0.5);
+    let after = model.backend.device().queued();
+    let step = (after.kernels - before.kernels, after.sgemms - before.sgemms);
+    assert_eq!(step, (39, 3), "(kernels, sgemms) of one step");
 }

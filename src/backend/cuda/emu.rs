@@ -3,7 +3,7 @@
 //! addresses, so the backend's pointer arithmetic is exercised unchanged.
 
 use std::alloc::Layout;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::ptr::NonNull;
 
@@ -51,11 +51,24 @@ pub struct EmuGraph(Vec<Op>);
 #[derive(Default)]
 pub struct EmuDevice {
     capture: RefCell<Option<Vec<Op>>>,
+    queued: Cell<Queued>,
+}
+
+/// Work queued on a device so far: what a GPU's time per step is counted in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Queued {
+    pub kernels: usize,
+    pub sgemms: usize,
 }
 
 impl EmuDevice {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Kernels and sgemms queued so far, run or recorded.
+    pub fn queued(&self) -> Queued {
+        self.queued.get()
     }
 
     /// Records `op` when capturing; otherwise hands it back to be run.
@@ -149,6 +162,7 @@ impl Device for EmuDevice {
     }
 
     fn launch(&self, launch: &Launch) -> Result<(), CudaError> {
+        self.queued.set(Queued { kernels: self.queued.get().kernels + 1, ..self.queued.get() });
         match self.record(Op::Launch(launch.clone())) {
             Some(op) => self.run(&op),
             None => Ok(()),
@@ -156,6 +170,7 @@ impl Device for EmuDevice {
     }
 
     fn sgemm(&self, gemm: &Gemm) -> Result<(), CudaError> {
+        self.queued.set(Queued { sgemms: self.queued.get().sgemms + 1, ..self.queued.get() });
         match self.record(Op::Gemm(*gemm)) {
             Some(op) => self.run(&op),
             None => Ok(()),

@@ -154,6 +154,10 @@ impl<D: Device> CudaBackend<D> {
         CudaBackend { device, graphs, partials: RefCell::new(None) }
     }
 
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
     fn alloc<T>(&self, len: usize) -> DevBuf<D, T> {
         let mem = check(self.device.alloc(len * std::mem::size_of::<T>()));
         let address = self.device.address(&mem);
