@@ -67,11 +67,11 @@ pub fn grad_norms(dir: &Path, layout: &Layout, records: &[GradNorms]) -> Result<
         .filter(|(_, t)| t.name.ends_with(".weight"))
         .map(|(i, t)| (i, t.name.trim_end_matches(".weight")))
         .collect();
-    // Zero norms (a dead layer) have no place on a log axis.
+    // Zero norms (a dead layer) have no place on a log axis, nor those of a diverged run.
     let points: Vec<Vec<(f64, f64)>> = weights
         .iter()
         .map(|&(i, _)| {
-            let positive = records.iter().filter(|r| r.norms[i] > 0.0);
+            let positive = records.iter().filter(|r| r.norms[i] > 0.0 && r.norms[i].is_finite());
             positive.map(|r| (r.step as f64, f64::from(r.norms[i]).log10())).collect()
         })
         .collect();
@@ -205,14 +205,13 @@ fn line_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, ser
     root.fill(&WHITE)?;
     let points = series.iter().flat_map(|s| s.1.iter());
     let last_epoch = points.clone().map(|p| p.0).fold(2.0, f64::max);
-    let (lo, hi) = points.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-    let pad = ((hi - lo) * 0.1).max(1e-3);
+    let (lo, hi) = value_range(points.map(|p| p.1));
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(1.0..last_epoch, (lo - pad)..(hi + pad))?;
+        .build_cartesian_2d(1.0..last_epoch, lo..hi)?;
     // Whole epochs only: a tick at 1.5 epochs would suggest a measurement that was not made.
     let whole = |x: &f64| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() };
     chart
@@ -224,9 +223,11 @@ fn line_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, ser
         .label_style(("sans-serif", 15))
         .draw()?;
     for &(name, data, color) in series {
-        chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))?;
+        // A diverged run's NaN and infinite values have no place on the axis: they are left out.
+        let finite: Vec<(f64, f64)> = data.iter().copied().filter(|p| p.1.is_finite()).collect();
+        chart.draw_series(LineSeries::new(finite.iter().copied(), color.stroke_width(2)))?;
         chart
-            .draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled())))?
+            .draw_series(finite.iter().map(|&p| Circle::new(p, 3, color.filled())))?
             .label(name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }
@@ -280,4 +281,75 @@ fn confusion_chart<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str
         }
     }
     root.present()
+}
+
+/// The y range of a line chart over `values`, finite ones only, padded by a tenth of their
+/// spread and at least 2 % of their size, so that one value or a flat line gets an axis of
+/// readable ticks (97.52 % is drawn from about 95.6 to 99.5, not 97.519 to 97.521).
+fn value_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.1).max(0.02 * lo.abs().max(hi.abs())).max(1e-3);
+    (lo - pad, hi + pad)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::{curves, grad_norms, value_range};
+    use crate::model::Net;
+    use crate::train::{EpochReport, Evaluation, GradNorms};
+
+    /// Runs `draw` on a thread and fails if it takes more than a minute: plotters spun forever
+    /// over NaN axis bounds once.
+    fn finishes(draw: impl FnOnce() + Send + 'static) {
+        let (done, wait) = mpsc::channel();
+        std::thread::spawn(move || {
+            draw();
+            done.send(()).unwrap();
+        });
+        wait.recv_timeout(Duration::from_secs(60)).expect("the plot did not finish");
+    }
+
+    #[test]
+    fn plots_of_a_diverged_or_flat_run_finish() {
+        let report = |epoch, loss: f64, accuracy| EpochReport {
+            epoch,
+            train_loss: loss,
+            test: Evaluation { loss, accuracy, correct: 0, total: 1, seconds: 0.0 },
+            seconds: 1.0,
+            images_per_s: 1.0,
+        };
+        for history in [vec![report(1, f64::NAN, 9.8), report(2, f64::INFINITY, f64::NAN)], vec![report(1, 0.3, 97.52)]]
+        {
+            finishes(move || {
+                let dir = tempfile::tempdir().unwrap();
+                curves(dir.path(), &history).expect("curves");
+            });
+        }
+        finishes(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let layout = Net::new().layout;
+            let records: Vec<GradNorms> = [f32::NAN, f32::INFINITY, 0.5]
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| GradNorms { step: i as u64 + 1, epoch: 1, norms: vec![v; layout.tensors.len()] })
+                .collect();
+            grad_norms(dir.path(), &layout, &records).expect("grad norms");
+        });
+    }
+
+    #[test]
+    fn value_ranges_leave_out_non_finite_values_and_widen_flat_lines() {
+        let (lo, hi) = value_range([97.52].into_iter());
+        assert!(lo < 96.0 && hi > 99.0, "{lo}..{hi}");
+        assert_eq!(value_range([f64::NAN, f64::INFINITY].into_iter()), (0.0, 1.0));
+        let (lo, hi) = value_range([0.2, f64::NAN, 0.4, f64::NEG_INFINITY].into_iter());
+        assert!((lo - 0.18).abs() < 1e-9 && (hi - 0.42).abs() < 1e-9, "{lo}..{hi}");
+    }
 }

@@ -15,8 +15,8 @@ use crate::backend::Backend;
 use crate::checkpoint::{self, CheckpointError, CheckpointFile};
 use crate::model::{Arch, Layout, Model, Net};
 use crate::train::{
-    batches_per_epoch, epoch_order, evaluate, train_epoch, DeviceSplit, EpochProgress, EpochReport, Event, GradNorms,
-    Recipe,
+    batches_per_epoch, epoch_order, evaluate, train_epoch, DeviceSplit, Diverged, EpochProgress, EpochReport, Event,
+    GradNorms, Recipe,
 };
 
 pub const LAST: &str = "last.safetensors";
@@ -33,6 +33,8 @@ pub enum SessionError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{}: already holds a training run ({STATE}); resume it with --resume, or pick another --out", dir.display())]
     Occupied { dir: PathBuf },
+    #[error("{diverged}. Nothing after the last saved state was written, and {kept}. Train again with a lower --lr than {lr:e}")]
+    Diverged { diverged: Diverged, lr: f32, kept: String },
 }
 
 /// Where training stands between two steps; saved as metadata of [`STATE`].
@@ -86,6 +88,16 @@ impl Session {
         }
         std::fs::create_dir_all(dir).map_err(|source| SessionError::Write { path: dir.into(), source })?;
         Ok(Session { dir: dir.into(), state: TrainState { recipe, arch, ..TrainState::default() } })
+    }
+
+    /// What a diverged run leaves: the last saved state, which `--resume` continues.
+    fn diverged(&self, diverged: Diverged) -> SessionError {
+        let dir = self.dir.display();
+        let kept = match self.dir.join(STATE).exists() {
+            true => format!("{dir} keeps the state saved before it (--resume {dir} continues from there)"),
+            false => format!("{dir} holds no saved state"),
+        };
+        SessionError::Diverged { diverged, lr: self.state.recipe.lr, kept }
     }
 
     /// The run saved in `dir`: its network, parameters and momentum, ready to upload.
@@ -211,7 +223,8 @@ pub fn run<B: Backend>(
                     grad_norms.push((*record).clone());
                 }
                 on_event(event);
-            });
+            })
+            .map_err(|diverged| session.diverged(diverged))?;
         let state = &mut session.state;
         (state.progress, state.steps) = (progress, model.state.steps);
         state.seconds += started.elapsed().as_secs_f64();

@@ -34,6 +34,20 @@ impl Default for Recipe {
 
 /// Batches between two running-loss reports, as in the reference.
 pub const LOG_EVERY: usize = 300;
+/// A mean loss above this means the run diverged: chance level is ln 10 ≈ 2.3, and a run
+/// that still learns never comes near it.
+pub const DIVERGED_LOSS: f64 = 1e3;
+
+/// Training stopped because the loss stopped being a number worth training on.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error("training diverged in epoch {epoch}: the mean loss of batches {first} to {batch} is {loss:e}")]
+pub struct Diverged {
+    /// 1-based, as printed.
+    pub epoch: usize,
+    pub first: usize,
+    pub batch: usize,
+    pub loss: f64,
+}
 /// Test-set batch: large enough to keep every core busy, small enough to stay in memory.
 pub const EVAL_BATCH: usize = 1000;
 
@@ -126,7 +140,9 @@ pub fn batches_per_epoch(len: usize, batch_size: usize) -> usize {
 }
 
 /// Runs one epoch of SGD over `train` in the given order, from batch `from.batches` on, until
-/// the epoch ends or `stop()` turns true between steps; returns where the epoch then stands.
+/// the epoch ends or `stop()` turns true between steps; returns where the epoch then stands,
+/// or [`Diverged`] as soon as a loss report (every [`LOG_EVERY`] batches, and the epoch's
+/// last batches) is not finite or above [`DIVERGED_LOSS`].
 #[allow(clippy::too_many_arguments)]
 pub fn train_epoch<B: Backend>(
     model: &mut Model<B>,
@@ -137,7 +153,7 @@ pub fn train_epoch<B: Backend>(
     from: EpochProgress,
     stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(Event),
-) -> EpochProgress {
+) -> Result<EpochProgress, Diverged> {
     let mut progress = from;
     let mut window = 0usize;
     let total = batches_per_epoch(train.len, recipe.batch_size);
@@ -154,13 +170,26 @@ pub fn train_epoch<B: Backend>(
         on_event(Event::Step { epoch, batch: progress.batches, batches: total });
         if progress.batches % LOG_EVERY == 0 {
             let stats = model.take_stats();
-            on_event(Event::RunningLoss { epoch, batch: progress.batches, loss: stats.loss_sum / window as f64 });
+            let loss = check_loss(stats.loss_sum / window as f64, epoch, progress.batches, LOG_EVERY)?;
+            on_event(Event::RunningLoss { epoch, batch: progress.batches, loss });
             progress.loss_sum += stats.loss_sum;
             window = 0;
         }
     }
-    progress.loss_sum += model.take_stats().loss_sum;
-    progress
+    let rest = model.take_stats().loss_sum;
+    if window > 0 {
+        check_loss(rest / window as f64, epoch, progress.batches, (progress.batches - 1) % LOG_EVERY + 1)?;
+    }
+    progress.loss_sum += rest;
+    Ok(progress)
+}
+
+/// `loss`, the mean over the `batches` batches up to `batch`, unless it shows divergence.
+fn check_loss(loss: f64, epoch: usize, batch: usize, batches: usize) -> Result<f64, Diverged> {
+    match loss.is_finite() && loss <= DIVERGED_LOSS {
+        true => Ok(loss),
+        false => Err(Diverged { epoch, first: batch + 1 - batches, batch, loss }),
+    }
 }
 
 /// Loss and accuracy of the model's current parameters on `split`, in batches as large as

@@ -222,3 +222,23 @@ fn bad_variant_flags_are_rejected() {
         .failure()
         .stderr(contains("'--checkpoint <PATH>' cannot be used with"));
 }
+
+#[test]
+fn a_diverging_run_stops_naming_the_epoch_and_batches_and_saves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    std::fs::create_dir(&data).unwrap();
+    write_dataset(&data);
+    cmd("train", &data)
+        .args(["--epochs", "2", "--batch-size", "32", "--lr", "3e38", "--momentum", "0.9", "--quiet", "--out"])
+        .arg(&run)
+        .timeout(std::time::Duration::from_secs(120))
+        .assert()
+        .failure()
+        .stderr(
+            contains("training diverged in epoch 1: the mean loss of batches 1 to 4 is")
+                .and(contains("holds no saved state"))
+                .and(contains("a lower --lr than 3e38")),
+        );
+    assert!(!run.join("train_state.safetensors").exists() && !run.join("last.safetensors").exists());
+}

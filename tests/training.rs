@@ -35,7 +35,8 @@ fn epoch_losses(model: &mut Model<CpuBackend>, split: &Split, recipe: &Recipe) -
             if let Event::RunningLoss { loss, .. } = event {
                 losses.push(loss);
             }
-        });
+        })
+        .expect("training does not diverge");
     (losses, progress.loss_sum / split.len() as f64)
 }
 
