@@ -7,7 +7,9 @@
 # injects a start-up failure (see kernels/emu/fake_driver.cpp).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-fake="$(ls -dt "$root"/target/*/build/resnet-mnist-*/out/fake-cuda 2>/dev/null | head -n1 || true)"
+# The most recently built one, of any profile.
+driver="$(ls -t "$root"/target/*/build/resnet-mnist-*/out/fake-cuda/driver/libcuda.so.1 2>/dev/null | head -n1 || true)"
+fake="${driver%/driver/libcuda.so.1}"
 [ -n "$fake" ] || { echo "fake_cuda: no fake driver built yet: cargo build --features cuda" >&2; exit 2; }
 export LD_LIBRARY_PATH="$fake/driver:$fake/cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 exec "$@"

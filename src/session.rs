@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DeviceFailure};
 use crate::checkpoint::{self, CheckpointError, CheckpointFile};
 use crate::model::{Arch, Layout, Model, Net};
 use crate::train::{
@@ -35,6 +35,8 @@ pub enum SessionError {
     Occupied { dir: PathBuf },
     #[error("{diverged}. Nothing after the last saved state was written, and {kept}. Train again with a lower --lr than {lr:e}")]
     Diverged { diverged: Diverged, lr: f32, kept: String },
+    #[error("{failure}. Nothing after the last saved state was written, and {kept}")]
+    Device { failure: DeviceFailure, kept: String },
 }
 
 /// Where training stands between two steps; saved as metadata of [`STATE`].
@@ -90,14 +92,21 @@ impl Session {
         Ok(Session { dir: dir.into(), state: TrainState { recipe, arch, ..TrainState::default() } })
     }
 
-    /// What a diverged run leaves: the last saved state, which `--resume` continues.
-    fn diverged(&self, diverged: Diverged) -> SessionError {
+    /// What a run that went wrong leaves: the last saved state, which `--resume` continues.
+    fn kept(&self) -> String {
         let dir = self.dir.display();
-        let kept = match self.dir.join(STATE).exists() {
+        match self.dir.join(STATE).exists() {
             true => format!("{dir} keeps the state saved before it (--resume {dir} continues from there)"),
             false => format!("{dir} holds no saved state"),
-        };
-        SessionError::Diverged { diverged, lr: self.state.recipe.lr, kept }
+        }
+    }
+
+    fn diverged(&self, diverged: Diverged) -> SessionError {
+        SessionError::Diverged { diverged, lr: self.state.recipe.lr, kept: self.kept() }
+    }
+
+    fn device_failed(&self, failure: DeviceFailure) -> SessionError {
+        SessionError::Device { failure, kept: self.kept() }
     }
 
     /// The run saved in `dir`: its network, parameters and momentum, ready to upload.
@@ -225,6 +234,7 @@ pub fn run<B: Backend>(
                 on_event(event);
             })
             .map_err(|diverged| session.diverged(diverged))?;
+        model.backend.failure().map_err(|failure| session.device_failed(failure))?;
         let state = &mut session.state;
         (state.progress, state.steps) = (progress, model.state.steps);
         state.seconds += started.elapsed().as_secs_f64();
@@ -239,6 +249,8 @@ pub fn run<B: Backend>(
             seconds: state.seconds,
             images_per_s: train.len as f64 / state.seconds,
         };
+        model.backend.failure().map_err(|failure| session.device_failed(failure))?;
+        let state = &mut session.state;
         state.history.push(report);
         (state.epoch, state.progress, state.seconds) = (epoch + 1, EpochProgress::default(), 0.0);
         on_event(Event::Epoch(&report));

@@ -157,7 +157,8 @@ pub fn train_epoch<B: Backend>(
     let mut progress = from;
     let mut window = 0usize;
     let total = batches_per_epoch(train.len, recipe.batch_size);
-    while progress.batches < total && !stop() {
+    // A failed device (see `Backend::failure`) ends the epoch: its steps would do nothing.
+    while progress.batches < total && !stop() && model.backend.failure().is_ok() {
         let start = progress.batches * recipe.batch_size;
         let batch = recipe.batch_size.min(train.len - start);
         model.backend.gather(&train.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);

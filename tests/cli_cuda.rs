@@ -127,3 +127,40 @@ fn refused_ptx_is_recompiled_with_nvrtc() {
     assert!(stderr.contains("recompiling it with NVRTC"), "{stderr}");
     assert!(stdout.starts_with("cuda:0 (NVIDIA H100 (fake driver"), "{stdout}");
 }
+
+/// A kernel that fails in the second epoch (the 300th launch) ends the run with one error
+/// that names the GPU and the driver's reason, keeps the state saved after the first epoch,
+/// and `--resume` (here on the CPU) finishes the run as if nothing had happened.
+#[test]
+fn a_gpu_failing_mid_run_stops_cleanly_and_the_run_resumes() {
+    let data = tiny_data();
+    let runs = tempfile::tempdir().unwrap();
+    let mut path = vec![fake("driver"), fake("cublas")];
+    path.extend(inherited());
+    let train = |device: &str, dir: &Path, fault: Option<&str>, resume: bool| {
+        let dir = dir.to_str().unwrap();
+        let args = ["train", "--device", device, "--epochs", "3", "--batch-size", "32", "--quiet"];
+        let target = if resume { ["--resume", dir] } else { ["--out", dir] };
+        run(&path, fault, data.path(), &[&args[..], &target[..]].concat())
+    };
+    let (failed, whole_run) = (runs.path().join("failed"), runs.path().join("whole"));
+    let (ok, stdout, stderr) = train("cuda", &failed, Some("launch-failure:300"), false);
+    assert!(!ok, "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0]
+            .contains("(fake driver: kernels emulated on the CPU))) failed: CUDA driver: CUDA_ERROR_LAUNCH_FAILED")
+            && errors[0].contains("keeps the state saved before it"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(stdout.matches("Accuracy on test set").count(), 1, "one epoch finished before the failure:\n{stdout}");
+    let (ok, resumed, stderr) = train("cpu", &failed, None, true);
+    assert!(ok, "{stderr}");
+    let (ok, whole, stderr) = train("cuda", &whole_run, None, false);
+    assert!(ok, "{stderr}");
+    let summary = |out: &str| out.lines().find(|l| l.starts_with('[')).map(str::to_string);
+    assert_eq!(summary(&resumed), summary(&whole), "resumed:\n{resumed}\nwhole:\n{whole}");
+}

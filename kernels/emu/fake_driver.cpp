@@ -17,7 +17,8 @@
 //                    CUDA_ERROR_UNSUPPORTED_PTX_VERSION, as a driver older than the NVRTC
 //                    that built the PTX does; PTX recompiled for this device loads
 //   launch-failure   the first kernel fails: CUDA_ERROR_LAUNCH_FAILED, sticky, reported by
-//                    the next call that waits for the stream, and by every call after it
+//                    the next call that waits for the stream, and by every call after it;
+//                    launch-failure:N makes the N-th kernel fail instead (1-based)
 // A call this fake does not implement prints its name and returns CUDA_ERROR_NOT_SUPPORTED.
 #include <cstdarg>
 #include <cstdint>
@@ -172,7 +173,8 @@ struct Driver {
     bool initialized = false;
     std::string fault;
     CUresult sticky = CUDA_SUCCESS;
-    bool launched = false;
+    // Kernels run so far, and the one that fails (0: none).
+    unsigned long long launched = 0, failing = 0;
     Context primary;
     int primary_refs = 0;
     std::map<CUdeviceptr, std::size_t> allocations;
@@ -241,12 +243,10 @@ void run(const Op& op) {
     Driver& d = driver();
     switch (op.kind) {
         case Op::Kind::Launch: {
-            if (fault("launch-failure") && !d.launched) {
-                d.launched = true;
+            if (++d.launched == d.failing) {
                 d.sticky = CUDA_ERROR_LAUNCH_FAILED;
                 return;
             }
-            d.launched = true;
             std::vector<void*> pointers;
             for (const auto& arg : op.args) pointers.push_back(const_cast<unsigned char*>(arg.data()));
             emu::launch(*op.kernel, op.grid, op.block, op.shared_bytes, pointers.data());
@@ -370,10 +370,16 @@ API CUresult cuInit(unsigned int flags) {
     if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
     const char* fault = std::getenv("RESNET_MNIST_FAKE_CUDA_FAULT");
     d.fault = fault ? fault : "";
+    if (d.fault == "launch-failure") d.failing = 1;
+    if (d.fault.rfind("launch-failure:", 0) == 0) {
+        char* end = nullptr;
+        d.failing = std::strtoull(d.fault.c_str() + 15, &end, 10);
+        if (d.failing == 0 || *end != '\0') d.fault = "?";
+    }
     if (!d.fault.empty() && d.fault != "no-device" && d.fault != "zero-devices" && d.fault != "oom" &&
-        d.fault != "unsupported-ptx" && d.fault != "launch-failure") {
+        d.fault != "unsupported-ptx" && d.failing == 0) {
         return report(CUDA_ERROR_INVALID_VALUE, "RESNET_MNIST_FAKE_CUDA_FAULT=%s is not a fault this fake knows",
-                      d.fault.c_str());
+                      fault);
     }
     if (d.fault == "no-device") return CUDA_ERROR_NO_DEVICE;
     d.initialized = true;

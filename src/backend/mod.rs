@@ -150,6 +150,12 @@ pub struct Stats {
     pub correct: u64,
 }
 
+/// A device that stopped working after it started (a lost GPU, a failing kernel, memory
+/// exhausted): what it computed since is not to be trusted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeviceFailure(pub String);
+
 /// The ops a model is built from. Buffers are owned by the backend; the model only holds them.
 pub trait Backend {
     /// `f32` storage.
@@ -278,6 +284,11 @@ pub trait Backend {
         self.run(step);
     }
 
+    /// The first failure of the device since it started, if any. After one, ops do nothing
+    /// and reads return zeros, so callers check this before they save or print results.
+    fn failure(&self) -> Result<(), DeviceFailure> {
+        Ok(())
+    }
     /// Forgets every step [`Backend::run_step`] recorded, because the buffers they ran on are
     /// about to be freed.
     fn forget_steps(&self) {}

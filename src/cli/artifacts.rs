@@ -159,6 +159,7 @@ pub fn eval_checkpoint<B: Backend>(backend: B, dataset: &Dataset, path: &Path, p
     let (net, checkpoint) = checkpoint::load_net(path)?;
     let mut model = Model::new(backend, net, &checkpoint.params, EVAL_BATCH);
     let report = inference::report(&mut model, &dataset.test);
+    model.backend.failure()?;
     let e = &report.evaluation;
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -192,8 +193,10 @@ pub fn predict<B: Backend>(backend: B, args: &PredictArgs) -> Result<()> {
     let (net, checkpoint) = checkpoint::load_net(&args.checkpoint)?;
     let images: Vec<[u8; IMAGE_PIXELS]> = args.images.iter().map(|p| digit::load(p)).collect::<Result<_, _>>()?;
     let mut model = Model::new(backend, net, &checkpoint.params, images.len().min(EVAL_BATCH));
+    let probabilities = inference::probabilities(&mut model, &images);
+    model.backend.failure()?;
     let mut out = std::io::stdout().lock();
-    for (path, p) in args.images.iter().zip(inference::probabilities(&mut model, &images)) {
+    for (path, p) in args.images.iter().zip(probabilities) {
         let class = argmax(&p);
         if args.json {
             let line = serde_json::json!({ "image": path, "class": class, "probabilities": p });

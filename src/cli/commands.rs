@@ -161,6 +161,7 @@ fn eval<B: Backend>(args: &EvalArgs, backend: B) -> Result<()> {
     let mut model = fresh_model(backend, args.arch.arch(), args.common.seed, EVAL_BATCH);
     let test = DeviceSplit::new(&model.backend, &dataset.test);
     let e = train::evaluate(&mut model, &test);
+    model.backend.failure()?;
     writeln!(
         std::io::stdout().lock(),
         "Accuracy on test set: {:.2} % ({} / {}), test loss {:.4}  (fresh weights of {}, seed {}; {} on {})",
@@ -215,6 +216,7 @@ fn bench<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             .map(|_| test_split.len as f64 / train::evaluate(&mut model, &test_split).seconds)
             .collect(),
     );
+    model.backend.failure()?;
     let (train_gflops, eval_gflops) =
         (train_rate * model.net.train_flops() as f64 / 1e9, eval_rate * 2.0 * model.net.forward_macs() as f64 / 1e9);
     let mut out = std::io::stdout().lock();

@@ -7,9 +7,11 @@
 //! every op and whole training steps against the CPU backend without a GPU.
 //!
 //! Ops queue work and return; the host waits only when it reads something back
-//! ([`Backend::download`], [`Backend::take_stats`]). Device failures after a successful
-//! start (a lost device, a kernel fault) panic with the driver's message: the ops have no
-//! error channel, and such a failure is not something training can recover from.
+//! ([`Backend::download`], [`Backend::take_stats`]). Like the driver's own sticky errors, the
+//! first device failure after a successful start (a lost device, a kernel fault, memory
+//! exhausted) is kept: from then on ops do nothing and reads give zeros, and
+//! [`Backend::failure`] reports it, which the training loop and every command check before
+//! they save or print anything.
 
 pub mod device;
 pub mod emu;
@@ -24,7 +26,7 @@ use std::marker::PhantomData;
 use crate::data::IMAGE_PIXELS;
 
 use super::cpu::{PIXEL_MEAN, PIXEL_STD};
-use super::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats, StepKey};
+use super::{Backend, ConvShape, DeviceFailure, LinearShape, ParamSlot, PoolShape, SgdStep, Stats, StepKey};
 pub use device::{Arg, DevPtr, Device, Gemm, KernelCall, Launch};
 use kernels as k;
 use tiles::{TILE_K, TILE_M, TILE_N, TILE_THREADS};
@@ -68,9 +70,10 @@ const MAX_BLOCKS: usize = 4096;
 const FILTER_SPLIT_PIXELS: usize = 512;
 const MAX_FILTER_SPLITS: usize = 64;
 
-/// A typed device buffer of `len` elements.
+/// A typed device buffer of `len` elements; without memory when allocating it failed (the
+/// backend has failed then, and no op touches it).
 pub struct DevBuf<D: Device, T> {
-    mem: D::Mem,
+    mem: Option<D::Mem>,
     address: u64,
     len: usize,
     _elem: PhantomData<T>,
@@ -117,11 +120,8 @@ pub struct CudaBackend<D: Device> {
     /// Per-slice partial weight gradients of the split-K filter kernel; grows on demand,
     /// which happens only in uncaptured steps (see [`Backend::run_step`]).
     partials: RefCell<Option<DevBuf<D, f32>>>,
-}
-
-#[track_caller]
-fn check<T>(result: Result<T, CudaError>) -> T {
-    result.unwrap_or_else(|e| panic!("CUDA backend: {e}"))
+    /// The first device error, after which nothing more is sent to the device.
+    failed: RefCell<Option<CudaError>>,
 }
 
 fn blocks(n: usize, per_block: usize) -> u32 {
@@ -151,28 +151,49 @@ impl<D: Device> CudaBackend<D> {
     /// A backend on `device`; with `graphs`, training steps are captured and replayed.
     pub fn new(device: D, graphs: bool) -> Self {
         let graphs = graphs.then(|| RefCell::new(GraphCache { seen: HashSet::new(), graphs: HashMap::new() }));
-        CudaBackend { device, graphs, partials: RefCell::new(None) }
+        CudaBackend { device, graphs, partials: RefCell::new(None), failed: RefCell::new(None) }
     }
 
     pub fn device(&self) -> &D {
         &self.device
     }
 
+    /// Runs `work` on the device unless it has failed; keeps its error if it is the first.
+    fn guard<T>(&self, work: impl FnOnce(&D) -> Result<T, CudaError>) -> Option<T> {
+        if self.failed.borrow().is_some() {
+            return None;
+        }
+        work(&self.device).map_err(|e| *self.failed.borrow_mut() = Some(e)).ok()
+    }
+
     fn alloc<T>(&self, len: usize) -> DevBuf<D, T> {
-        let mem = check(self.device.alloc(len * std::mem::size_of::<T>()));
-        let address = self.device.address(&mem);
+        let mem = self.guard(|d| d.alloc(len * std::mem::size_of::<T>()));
+        let address = mem.as_ref().map_or(0, |m| self.device.address(m));
         DevBuf { mem, address, len, _elem: PhantomData }
     }
 
     fn upload_bytes<T>(&self, len: usize, bytes: &[u8]) -> DevBuf<D, T> {
         let mut buf = self.alloc(len);
-        check(self.device.upload(&mut buf.mem, bytes));
+        if let Some(mem) = &mut buf.mem {
+            self.guard(|d| d.upload(mem, bytes));
+        }
         buf
+    }
+
+    /// `bytes.len()` bytes of `mem`, or zeros once the device has failed.
+    fn download_bytes(&self, mem: &Option<D::Mem>, bytes: &mut [u8]) {
+        if let Some(mem) = mem {
+            self.guard(|d| d.download(mem, bytes));
+        }
     }
 
     fn launch(&self, call: KernelCall, grid: [u32; 3], block: u32, shared_bytes: u32) {
         let KernelCall { kernel, args } = call;
-        check(self.device.launch(&Launch { kernel, grid, block: [block, 1, 1], shared_bytes, args }));
+        self.guard(|d| d.launch(&Launch { kernel, grid, block: [block, 1, 1], shared_bytes, args }));
+    }
+
+    fn sgemm(&self, gemm: &Gemm) {
+        self.guard(|d| d.sgemm(gemm));
     }
 
     /// A grid-stride kernel over `n` elements.
@@ -197,18 +218,22 @@ impl<D: Device> CudaBackend<D> {
 
     fn replay_or_capture(&self, cache: &RefCell<GraphCache<D::Graph>>, key: StepKey, step: &mut dyn FnMut()) {
         if let Some(graph) = cache.borrow().graphs.get(&key) {
-            return check(self.device.replay(graph));
+            self.guard(|d| d.replay(graph));
+            return;
         }
         // The first step of a configuration runs plainly: it sizes every lazily grown buffer,
         // so the captured one allocates nothing.
         if cache.borrow_mut().seen.insert(key) {
             return step();
         }
-        check(self.device.begin_capture());
+        if self.guard(|d| d.begin_capture()).is_none() {
+            return;
+        }
         step();
-        let graph = check(self.device.end_capture());
-        check(self.device.replay(&graph));
-        cache.borrow_mut().graphs.insert(key, graph);
+        if let Some(graph) = self.guard(|d| d.end_capture()) {
+            self.guard(|d| d.replay(&graph));
+            cache.borrow_mut().graphs.insert(key, graph);
+        }
     }
 }
 
@@ -267,7 +292,7 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn download(&self, src: &Self::Buf) -> Vec<f32> {
         let mut bytes = vec![0; src.len * 4];
-        check(self.device.download(&src.mem, &mut bytes));
+        self.download_bytes(&src.mem, &mut bytes);
         bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
     }
 
@@ -278,8 +303,10 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn take_stats(&self, stats: &mut Self::StatsBuf) -> Stats {
         let mut bytes = [0u8; 16];
-        check(self.device.download(&stats.mem, &mut bytes));
-        check(self.device.upload(&mut stats.mem, &[0; 16]));
+        self.download_bytes(&stats.mem, &mut bytes);
+        if let Some(mem) = &mut stats.mem {
+            self.guard(|d| d.upload(mem, &[0; 16]));
+        }
         let (loss, correct) = bytes.split_at(8);
         Stats {
             loss_sum: f64::from_le_bytes(loss.try_into().expect("8 bytes")),
@@ -428,7 +455,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             c: y.addr(0),
             ldc: s.outputs,
         };
-        check(self.device.sgemm(&gemm));
+        self.sgemm(&gemm);
         let call = k::add_bias_rows(y.ptr(), params.at(slot.bias().start), uint(s.batch), uint(s.outputs));
         self.launch_elementwise(call, s.batch * s.outputs);
     }
@@ -456,7 +483,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             c: dx.addr(0),
             ldc: s.inputs,
         };
-        check(self.device.sgemm(&gemm));
+        self.sgemm(&gemm);
     }
 
     /// Row-major `dW = dyᵀ·x`, column-major `dWᵀ = xᵀ·dy`; the bias gradient is dy's column sums.
@@ -482,7 +509,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             c: grads.addr(slot.offset),
             ldc: s.inputs,
         };
-        check(self.device.sgemm(&gemm));
+        self.sgemm(&gemm);
         let call = k::column_sums(dy.ptr(), grads.at(slot.bias().start), uint(s.batch), uint(s.outputs));
         let warps = THREADS / 32;
         self.launch(call, [uint(s.outputs), 1, 1], THREADS, warps * 4);
@@ -527,6 +554,13 @@ impl<D: Device> Backend for CudaBackend<D> {
         match &self.graphs {
             Some(cache) => self.replay_or_capture(cache, key, &mut || step(self)),
             None => step(self),
+        }
+    }
+
+    fn failure(&self) -> Result<(), DeviceFailure> {
+        match &*self.failed.borrow() {
+            Some(e) => Err(DeviceFailure(format!("the GPU ({}) failed: {e}", self.device.name()))),
+            None => Ok(()),
         }
     }
 
