@@ -16,9 +16,10 @@ mkdir -p "$out"
     { echo "gpu_check: $bin/resnet-mnist and $bin/cuda_device are missing: run scripts/build_device_bin.sh" >&2; exit 2; }
 export MNIST_DIR="$root/$bin/mnist" RESNET_MNIST_OFFLINE=1 NO_COLOR=1
 
-# cuBLAS and NVRTC from a CUDA toolkit or from Python's nvidia-* wheels, wherever they are.
-libdirs="$(find /usr/local/cuda*/lib64 /usr/lib/x86_64-linux-gnu /opt /usr/local/lib /usr/lib/python3* \
-    -maxdepth 7 \( -name 'libcublas.so.1[23]' -o -name 'libnvrtc.so.1[23]' \) 2>/dev/null |
+# The driver, cuBLAS and NVRTC from a CUDA toolkit or from Python's nvidia-* wheels (as in
+# /opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib), wherever they are.
+libdirs="$(find /usr/local/nvidia /usr/local/cuda*/lib64 /opt /usr/local/lib /usr/lib/python3* -maxdepth 10 \
+    \( -name 'libcuda.so.1' -o -name 'libcublas.so.1[23]' -o -name 'libnvrtc.so.1[23]' \) 2>/dev/null |
     xargs -r -n1 dirname | sort -u | paste -sd:)"
 export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
@@ -37,7 +38,9 @@ timeout 180 "$bin/cuda_device" --skip the_suite_passes_on_the_fake_driver --test
     >"$out/cuda_device.txt" 2>&1
 rc=$?
 grep -E '^test |test result|1 epoch|note:' "$out/cuda_device.txt" | tail -20
-row "GPU tests" "$(grep 'test result' "$out/cuda_device.txt" | tail -1 || echo "exit $rc")"
+skipped=$(grep -c 'note: skipping' "$out/cuda_device.txt")
+row "GPU tests" "$(grep -o 'test result: [a-zA-Z]*\. [0-9]* passed; [0-9]* failed' "$out/cuda_device.txt" | tail -1 ||
+    echo "exit $rc"), $skipped skipped for want of a device"
 row "1 epoch (test)" "$(grep -o '1 epoch: .*' "$out/cuda_device.txt" | head -1)"
 
 step "bench --device cuda"
