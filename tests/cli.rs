@@ -242,3 +242,73 @@ fn a_diverging_run_stops_naming_the_epoch_and_batches_and_saves_nothing() {
         );
     assert!(!run.join("train_state.safetensors").exists() && !run.join("last.safetensors").exists());
 }
+
+/// `--resume DIR --epochs N` extends a finished run to N epochs, to the numbers of a run
+/// started with N; fewer epochs than are done is an error saying so.
+#[test]
+fn resume_with_more_epochs_extends_a_finished_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_dataset(&data);
+    let train = |args: &[&str]| {
+        let out = cmd("train", &data).args(["--batch-size", "32", "--quiet"]).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (short, long) = (tmp.path().join("short"), tmp.path().join("long"));
+    let (short, long) = (short.to_str().unwrap(), long.to_str().unwrap());
+    assert!(train(&["--epochs", "1", "--out", short]).0);
+    let (ok, extended, stderr) = train(&["--resume", short, "--epochs", "3"]);
+    assert!(ok, "{stderr}");
+    let (ok, whole, _) = train(&["--epochs", "3", "--out", long]);
+    assert!(ok);
+    let summary = |out: &str| out.lines().find(|l| l.starts_with('[')).map(str::to_string);
+    assert_eq!(summary(&extended), summary(&whole), "extended:\n{extended}\nwhole:\n{whole}");
+    assert_eq!(summary(&extended).unwrap().matches(',').count(), 2, "three epochs: {extended}");
+    let (ok, _, stderr) = train(&["--resume", short, "--epochs", "2"]);
+    assert!(!ok);
+    assert!(stderr.contains("--epochs 2: the run in") && stderr.contains("has already trained 3 epochs"), "{stderr}");
+}
+
+/// SIGINT, SIGTERM and SIGHUP each stop a run after the step in flight with a resumable save
+/// and the exit status 128 + signal; the run then resumes.
+#[test]
+fn every_stop_signal_saves_and_exits_with_its_status() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_dataset(&data);
+    for (signal, status) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
+        let run = tmp.path().join(signal);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-mnist"))
+            .args(["train", "--threads", "2", "--offline", "--device", "cpu", "--quiet", "--batch-size", "32"])
+            .args(["--epochs", "100000", "--data-dir"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map(Result::unwrap);
+        assert!(lines.by_ref().any(|l| l.starts_with("Accuracy on test set")), "{signal}: no epoch finished");
+        let kill = std::process::Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status();
+        assert!(kill.unwrap().success());
+        let rest: Vec<String> = lines.collect();
+        let code = child.wait().unwrap().code();
+        assert_eq!(code, Some(status), "SIG{signal}: {rest:?}");
+        assert!(rest.iter().any(|l| l.starts_with("Stopped in epoch")), "SIG{signal}: {rest:?}");
+        assert!(run.join("train_state.safetensors").exists());
+        let stopped = rest.iter().find_map(|l| l.strip_prefix("Stopped in epoch ")).expect("a stop line");
+        let epoch = stopped.split(' ').next().unwrap();
+        // The epoch it stopped in, finished on resume.
+        let resume = cmd("train", &data).args(["--quiet", "--epochs", epoch, "--resume"]).arg(&run).output().unwrap();
+        assert!(resume.status.success(), "SIG{signal}: {}", String::from_utf8_lossy(&resume.stderr));
+    }
+}

@@ -86,8 +86,9 @@ impl ArchArgs {
 /// How to train, shared by `train` and `compare`.
 #[derive(Args, Debug, Clone)]
 pub struct RecipeArgs {
-    #[arg(long, default_value_t = Recipe::default().epochs as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub epochs: u32,
+    /// Epochs to train [default: 20]; with --resume, the new total of a run to extend.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub epochs: Option<u32>,
     #[arg(long, default_value_t = Recipe::default().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch_size: u32,
     /// Learning rate.
@@ -108,7 +109,7 @@ pub struct RecipeArgs {
 impl RecipeArgs {
     pub fn recipe(&self, seed: u64) -> Recipe {
         Recipe {
-            epochs: self.epochs as usize,
+            epochs: self.epochs.map_or(Recipe::default().epochs, |n| n as usize),
             batch_size: self.batch_size as usize,
             lr: self.lr,
             momentum: self.momentum,

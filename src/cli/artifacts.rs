@@ -3,8 +3,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use resnet_mnist::backend::Backend;
@@ -19,6 +17,7 @@ use resnet_mnist::{digit, plot};
 use super::args::{PredictArgs, SamplesArgs, TrainArgs};
 use super::commands::{fresh_model, print_summary};
 use super::progress::Reporter;
+use super::signals::Interrupt;
 
 /// A fresh run in `--out`, or the run in `--resume DIR` with its momentum and position.
 fn start<B: Backend>(backend: B, args: &TrainArgs) -> Result<(Session, Model<B>)> {
@@ -27,9 +26,12 @@ fn start<B: Backend>(backend: B, args: &TrainArgs) -> Result<(Session, Model<B>)
         let dir = args.out.clone().unwrap_or_else(|| default_run_dir(""));
         return Ok((Session::create(&dir, recipe, arch)?, fresh_model(backend, arch, recipe.seed, capacity(&recipe))));
     };
-    let saved = Session::resume(dir).with_context(|| format!("cannot resume the run in {}", dir.display()))?;
+    let mut saved = Session::resume(dir).with_context(|| format!("cannot resume the run in {}", dir.display()))?;
+    if let Some(epochs) = args.recipe.epochs {
+        extend(&mut saved.session, epochs as usize)?;
+    }
     // Flags equal to the defaults may just be unset, so only a changed recipe is worth a word.
-    let (asked, state) = (args.recipe(), &saved.session.state);
+    let (asked, state) = (Recipe { epochs: saved.session.state.recipe.epochs, ..args.recipe() }, &saved.session.state);
     if (asked != Recipe::default() && asked != state.recipe)
         || (args.arch.arch() != Arch::default() && args.arch.arch() != state.arch)
     {
@@ -40,6 +42,27 @@ fn start<B: Backend>(backend: B, args: &TrainArgs) -> Result<(Session, Model<B>)
         );
     }
     Ok(resumed(backend, saved))
+}
+
+/// `--resume DIR --epochs N`: the run goes on to `N` epochs in all, as one started with `N`
+/// would have (each epoch's order depends on its index, not on the total).
+fn extend(session: &mut Session, epochs: usize) -> Result<()> {
+    let done = session.state.epoch;
+    if epochs < done || (epochs == done && session.state.progress.batches > 0) {
+        anyhow::bail!(
+            "--epochs {epochs}: the run in {} has already trained {done} epoch{}; give a larger total to extend it",
+            session.dir.display(),
+            if done == 1 { "" } else { "s" }
+        );
+    }
+    if epochs != session.state.recipe.epochs {
+        tracing::info!(
+            "--epochs {epochs}: the run goes on to {epochs} epochs (it was to stop at {})",
+            session.state.recipe.epochs
+        );
+    }
+    session.state.recipe.epochs = epochs;
+    Ok(())
 }
 
 /// Workspace capacity: the training batch, and the test pass's.
@@ -59,21 +82,6 @@ pub(super) fn resumed<B: Backend>(backend: B, saved: Saved) -> (Session, Model<B
 pub(super) fn default_run_dir(prefix: &str) -> PathBuf {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     PathBuf::from("runs").join(format!("{prefix}{}", now.replace(':', "-")))
-}
-
-/// A flag the first Ctrl-C raises so training stops after the step in flight; a second one
-/// exits at once for a user who does not want to wait.
-pub(super) fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: finishing the step and saving (Ctrl-C again to quit now)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
-    Ok(stop)
 }
 
 pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Result<()> {
@@ -102,8 +110,8 @@ pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Res
         writeln!(out, "Resuming at epoch {}, batch {}", state.epoch + 1, state.progress.batches)?;
     }
     drop(out);
-    let stop = stop_flag()?;
-    let outcome = run_session(&mut session, &mut model, (&train, &test), args.recipe.quiet, &stop)?;
+    let interrupt = Interrupt::install()?;
+    let outcome = run_session(&mut session, &mut model, (&train, &test), args.recipe.quiet, &interrupt)?;
     let mut out = std::io::stdout().lock();
     match outcome {
         Outcome::Finished => print_summary(&mut out, &session.state.history)?,
@@ -115,21 +123,29 @@ pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Res
         )?,
     }
     writeln!(out, "Artifacts in {}", session.dir.display())?;
-    Ok(())
+    interrupted(&interrupt)
 }
 
-/// Trains from wherever `session` stands, reporting as it goes, until the recipe ends or
-/// `stop` is raised; then draws the curves of the epochs run so far.
+/// The error that makes the process exit with the signal's status, if one stopped the run.
+pub(super) fn interrupted(interrupt: &Interrupt) -> Result<()> {
+    match interrupt.raised() {
+        Some(signal) => Err(signal.into()),
+        None => Ok(()),
+    }
+}
+
+/// Trains from wherever `session` stands, reporting as it goes, until the recipe ends or a
+/// signal arrives; then draws the curves of the epochs run so far.
 pub(super) fn run_session<B: Backend>(
     session: &mut Session,
     model: &mut Model<B>,
     (train, test): (&DeviceSplit<B>, &DeviceSplit<B>),
     quiet: bool,
-    stop: &AtomicBool,
+    interrupt: &Interrupt,
 ) -> Result<Outcome> {
     let mut reporter = Reporter::new(quiet, session.state.recipe.batch_size);
     let mut written = Ok(());
-    let outcome = session::run(session, model, train, test, &|| stop.load(Ordering::SeqCst), &mut |e| {
+    let outcome = session::run(session, model, train, test, &|| interrupt.raised().is_some(), &mut |e| {
         if written.is_ok() {
             written = reporter.handle(&e);
         }

@@ -16,8 +16,9 @@ use resnet_mnist::train::{DeviceSplit, EpochReport, Recipe};
 use serde::{Deserialize, Serialize};
 
 use super::args::CompareArgs;
-use super::artifacts::{capacity, default_run_dir, resumed, run_session, stop_flag};
+use super::artifacts::{capacity, default_run_dir, interrupted, resumed, run_session};
 use super::commands::fresh_model;
+use super::signals::Interrupt;
 
 const TABLE: &str = "compare.md";
 const SETUP: &str = "compare.json";
@@ -33,7 +34,7 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
     subset(&mut dataset.test, args.test_subset);
     claim(&dir, &Setup { dataset: dataset.kind.to_string(), train: dataset.train.len(), test: dataset.test.len() })?;
     println!("Comparing {} networks on {}; in {}", archs.len(), setting(&dataset, &recipe), dir.display());
-    let stop = stop_flag()?;
+    let interrupt = Interrupt::install()?;
     let mut backend = Some(backend);
     let mut finished: Vec<(Arch, usize, Vec<EpochReport>)> = Vec::new();
     for arch in archs {
@@ -42,10 +43,10 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
         println!("== {arch} ({} parameters) in {}", model.net.layout.total, session.dir.display());
         let splits =
             (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
-        let outcome = run_session(&mut session, &mut model, (&splits.0, &splits.1), args.recipe.quiet, &stop)?;
+        let outcome = run_session(&mut session, &mut model, (&splits.0, &splits.1), args.recipe.quiet, &interrupt)?;
         if let Outcome::Stopped { .. } = outcome {
             println!("Stopped; saved. To continue, run the same command with --out {}", dir.display());
-            return Ok(());
+            return interrupted(&interrupt);
         }
         finished.push((arch, model.net.layout.total, session.state.history));
         drop(splits);

@@ -5,3 +5,4 @@ mod artifacts;
 pub mod commands;
 mod compare;
 mod progress;
+pub mod signals;
