@@ -39,10 +39,30 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// How the temporary files of [`write_atomic_with`] begin, so that those a killed process
+/// left behind can be told from anything else ([`remove_stale_temps`]).
+pub const TEMP_PREFIX: &str = ".resnet-mnist-tmp";
+
+/// Removes the temporary files a killed writer left in `dir`; returns how many. Only for a
+/// directory this process owns (a run directory it has locked): another writer's temporary
+/// file may be live.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Temp files are private (0600) by default; ask for 0666 minus the umask instead, so the
 /// result has the same permissions as a file written with `fs::write`.
 fn temp_builder() -> tempfile::Builder<'static, 'static> {
     let mut builder = tempfile::Builder::new();
+    builder.prefix(TEMP_PREFIX);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

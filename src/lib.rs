@@ -8,6 +8,7 @@ pub mod compare;
 pub mod data;
 pub mod digit;
 pub mod inference;
+pub mod lock;
 pub mod model;
 pub mod plot;
 pub mod session;

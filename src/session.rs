@@ -11,8 +11,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic;
 use crate::backend::{Backend, DeviceFailure};
 use crate::checkpoint::{self, CheckpointError, CheckpointFile};
+use crate::lock::{DirLock, LockError};
 use crate::model::{Arch, Layout, Model, Net};
 use crate::train::{
     batches_per_epoch, epoch_order, evaluate, train_epoch, DeviceSplit, Diverged, EpochProgress, EpochReport, Event,
@@ -33,6 +35,8 @@ pub enum SessionError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{}: already holds a training run ({STATE}); resume it with --resume, or pick another --out", dir.display())]
     Occupied { dir: PathBuf },
+    #[error(transparent)]
+    Locked(#[from] LockError),
     #[error("{diverged}. Nothing after the last saved state was written, and {kept}. Train again with a lower --lr than {lr:e}")]
     Diverged { diverged: Diverged, lr: f32, kept: String },
     #[error("{failure}. Nothing after the last saved state was written, and {kept}")]
@@ -76,20 +80,35 @@ pub enum Outcome {
     },
 }
 
-/// The run directory and where training stands.
+/// The run directory, which this process holds locked, and where training stands.
 pub struct Session {
     pub dir: PathBuf,
     pub state: TrainState,
+    _lock: DirLock,
+}
+
+/// Creates `dir` if needed and takes its lock, before anything else is written there; then
+/// clears the temporary files an earlier, killed run left.
+fn own(dir: &Path) -> Result<DirLock, SessionError> {
+    std::fs::create_dir_all(dir).map_err(|source| SessionError::Write { path: dir.into(), source })?;
+    let lock = DirLock::acquire(dir)?;
+    match atomic::remove_stale_temps(dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("{}: removed {n} temporary file(s) an interrupted run left", dir.display()),
+        Err(e) => tracing::warn!("{}: cannot clear old temporary files: {e}", dir.display()),
+    }
+    Ok(lock)
 }
 
 impl Session {
-    /// A new run in `dir`, created if needed; refuses a directory that holds another run.
+    /// A new run in `dir`, created if needed; refuses a directory that holds another run, or
+    /// that another process is training in.
     pub fn create(dir: &Path, recipe: Recipe, arch: Arch) -> Result<Self, SessionError> {
+        let lock = own(dir)?;
         if dir.join(STATE).exists() {
             return Err(SessionError::Occupied { dir: dir.into() });
         }
-        std::fs::create_dir_all(dir).map_err(|source| SessionError::Write { path: dir.into(), source })?;
-        Ok(Session { dir: dir.into(), state: TrainState { recipe, arch, ..TrainState::default() } })
+        Ok(Session { dir: dir.into(), state: TrainState { recipe, arch, ..TrainState::default() }, _lock: lock })
     }
 
     /// What a run that went wrong leaves: the last saved state, which `--resume` continues.
@@ -112,13 +131,17 @@ impl Session {
     /// The run saved in `dir`: its network, parameters and momentum, ready to upload.
     pub fn resume(dir: &Path) -> Result<Saved, SessionError> {
         let path = dir.join(STATE);
+        // No run there (a missing or bad state) is an error before anything is created or
+        // locked; the state is read again once the lock is held, as the last owner left it.
+        CheckpointFile::open(&path)?;
+        let lock = own(dir)?;
         let file = CheckpointFile::open(&path)?;
         let json: String = file.meta("state")?.ok_or_else(|| metadata_error(&path, "missing"))?;
         let state: TrainState = serde_json::from_str(&json).map_err(|e| metadata_error(&path, &e.to_string()))?;
         let net = Net::build(state.arch);
         let mut params = file.read(&net.layout, &["param.", "momentum."])?;
         let momentum = params.split_off(net.layout.total);
-        Ok(Saved { session: Session { dir: dir.into(), state }, net, params, momentum })
+        Ok(Saved { session: Session { dir: dir.into(), state, _lock: lock }, net, params, momentum })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

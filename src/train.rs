@@ -163,13 +163,13 @@ pub fn train_epoch<B: Backend>(
         let batch = recipe.batch_size.min(train.len - start);
         model.backend.gather(&train.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);
         model.train_step(batch, recipe.lr, recipe.momentum);
-        if recipe.grad_norm_every > 0 && model.state.steps % recipe.grad_norm_every as u64 == 0 {
+        if recipe.grad_norm_every > 0 && model.state.steps.is_multiple_of(recipe.grad_norm_every as u64) {
             on_event(Event::GradNorms(&GradNorms { step: model.state.steps, epoch, norms: model.grad_norms() }));
         }
         window += batch;
         progress.batches += 1;
         on_event(Event::Step { epoch, batch: progress.batches, batches: total });
-        if progress.batches % LOG_EVERY == 0 {
+        if progress.batches.is_multiple_of(LOG_EVERY) {
             let stats = model.take_stats();
             let loss = check_loss(stats.loss_sum / window as f64, epoch, progress.batches, LOG_EVERY)?;
             on_event(Event::RunningLoss { epoch, batch: progress.batches, loss });

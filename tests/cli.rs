@@ -312,3 +312,44 @@ fn every_stop_signal_saves_and_exits_with_its_status() {
         assert!(resume.status.success(), "SIG{signal}: {}", String::from_utf8_lossy(&resume.stderr));
     }
 }
+
+/// A second run into a directory another process is training in is refused with a message
+/// naming that process, and writes nothing; temporary files a killed run left are removed
+/// when a run takes the directory.
+#[test]
+fn a_run_directory_has_one_owner() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    std::fs::create_dir(&data).unwrap();
+    write_dataset(&data);
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-mnist"))
+        .args(["train", "--threads", "1", "--offline", "--device", "cpu", "--quiet", "--batch-size", "32"])
+        .args(["--epochs", "100000", "--data-dir"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines().map(Result::unwrap);
+    assert!(lines.any(|l| l.starts_with("Accuracy on test set")));
+    let holder = format!("in use by another run (process {} holds .lock)", first.id());
+    for args in [&["--epochs", "1", "--out"][..], &["--resume"][..]] {
+        cmd("train", &data).args(["--quiet"]).args(args).arg(&run).assert().failure().stderr(contains(holder.as_str()));
+    }
+    std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(143));
+
+    let stale = run.join(".resnet-mnist-tmpAbC123");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    cmd("train", &data)
+        .args(["--quiet", "--epochs", "100000", "--resume"])
+        .arg(&run)
+        .timeout(std::time::Duration::from_secs(2))
+        .assert()
+        .interrupted();
+    assert!(!stale.exists(), "the stale temporary file is still there");
+}

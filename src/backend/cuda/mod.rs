@@ -210,7 +210,7 @@ impl<D: Device> CudaBackend<D> {
     /// The split-K partials buffer, grown to at least `len` floats; returns its address.
     fn partials(&self, len: usize) -> DevPtr {
         let mut partials = self.partials.borrow_mut();
-        if !partials.as_ref().is_some_and(|p| p.len >= len) {
+        if partials.as_ref().is_none_or(|p| p.len < len) {
             *partials = Some(self.alloc(len));
         }
         partials.as_ref().map(DevBuf::ptr).expect("allocated above")

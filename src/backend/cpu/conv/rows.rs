@@ -29,7 +29,7 @@ const ROW_TAPS: usize = ACCUMULATORS / 2;
 
 /// Whether the row kernels serve `s`: few input channels, output rows of whole vectors.
 pub fn fits(s: &ConvShape) -> bool {
-    s.c_in < LANES && s.w_out() % LANES == 0
+    s.c_in < LANES && s.w_out().is_multiple_of(LANES)
 }
 
 /// The output channels of each forward tile: runs of [`TILE_CHANNELS`], the last one what
