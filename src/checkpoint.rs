@@ -41,6 +41,12 @@ pub enum CheckpointError {
 
     #[error("{}: metadata {key}: {problem}", path.display())]
     Metadata { path: PathBuf, key: String, problem: String },
+
+    #[error(
+        "{}: tensor {name} holds {count} NaN or infinite values (the first at index {first}); the run that saved it diverged",
+        path.display()
+    )]
+    NonFinite { path: PathBuf, name: String, count: usize, first: usize },
 }
 
 /// Flat buffers in [`Layout`] order (one, or one per prefix back to back) with the file's
@@ -215,8 +221,13 @@ fn read_group(path: &Path, file: &SafeTensors, layout: &Layout, prefix: &str) ->
             let (found, expected) = (tensor.shape().to_vec(), spec.shape.clone());
             return Err(CheckpointError::WrongShape { path: path.into(), name, found, expected });
         }
-        for (v, b) in flat[spec.range()].iter_mut().zip(tensor.data().chunks_exact(4)) {
+        let values = &mut flat[spec.range()];
+        for (v, b) in values.iter_mut().zip(tensor.data().chunks_exact(4)) {
             *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        if let Some(first) = values.iter().position(|v| !v.is_finite()) {
+            let count = values.iter().filter(|v| !v.is_finite()).count();
+            return Err(CheckpointError::NonFinite { path: path.into(), name, count, first });
         }
     }
     Ok(flat)

@@ -17,8 +17,12 @@ const INK: u8 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DigitError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{}: cannot read the image: {source}", path.display())]
     Decode { path: PathBuf, source: image::ImageError },
+    #[error("{}: the JPEG is truncated (it has no end-of-image marker after its data)", path.display())]
+    Truncated { path: PathBuf },
     #[error("{}: the image is blank (no digit found)", path.display())]
     Blank { path: PathBuf },
     #[error("{}: cannot write: {source}", path.display())]
@@ -27,13 +31,22 @@ pub enum DigitError {
 
 /// Loads `path` (PNG or JPEG, any size) as an MNIST-style image.
 pub fn load(path: &Path) -> Result<[u8; IMAGE_PIXELS], DigitError> {
-    let image = image::ImageReader::open(path)
-        .map_err(|e| DigitError::Decode { path: path.into(), source: e.into() })?
-        .with_guessed_format()
-        .map_err(|e| DigitError::Decode { path: path.into(), source: e.into() })?
-        .decode()
-        .map_err(|source| DigitError::Decode { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DigitError::Read { path: path.into(), source })?;
+    let decode = |source| DigitError::Decode { path: path.into(), source };
+    let format = image::guess_format(&bytes).map_err(decode)?;
+    // The JPEG decoder fills in what a cut-off file lacks instead of failing.
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
+        return Err(DigitError::Truncated { path: path.into() });
+    }
+    let image = image::load_from_memory_with_format(&bytes, format).map_err(decode)?;
     to_mnist(&image).ok_or_else(|| DigitError::Blank { path: path.into() })
+}
+
+/// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA): entropy-
+/// coded data never holds FF D9, since it escapes every FF byte as FF 00.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    matches!((last(0xDA), last(0xD9)), (Some(scan), Some(end)) if end > scan)
 }
 
 /// Grayscale, white on black, cropped, scaled into the 20×20 box and centered by mass;

@@ -229,3 +229,25 @@ fn checkpoints_record_their_network() {
         assert!(err.contains(key) && err.contains(problem) && err.contains("deep.safetensors"), "{err}");
     }
 }
+
+/// A checkpoint of a diverged run is refused, naming the tensor, instead of giving NaN
+/// predictions.
+#[test]
+fn non_finite_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut params = net.layout.init(0);
+        let fc = net.layout.tensors.iter().find(|t| t.name == "fc.weight").unwrap();
+        params[fc.range()][7] = bad;
+        params[fc.range()][9] = bad;
+        let path = dir.path().join("diverged.safetensors");
+        checkpoint::save_params(&path, &net.layout, &params, HashMap::new()).unwrap();
+        let err = checkpoint::load_params(&path, &net.layout).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::NonFinite { name, count: 2, first: 7, .. } if name == "fc.weight"),
+            "{err}"
+        );
+        assert_names_file(&path, &err);
+    }
+}

@@ -353,3 +353,33 @@ fn a_run_directory_has_one_owner() {
         .interrupted();
     assert!(!stale.exists(), "the stale temporary file is still there");
 }
+
+/// One unreadable picture among good ones: every good one still gets its prediction, in
+/// order, the bad ones an error each (a truncated JPEG among them), and the exit is non-zero.
+#[test]
+fn predict_reports_each_picture_and_fails_if_any_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seven = fixture("digits/00000-label7.png");
+    let jpeg = tmp.path().join("seven.jpg");
+    image::open(&seven).unwrap().to_luma8().save(&jpeg).unwrap();
+    let bytes = std::fs::read(&jpeg).unwrap();
+    let cut = tmp.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let missing = tmp.path().join("missing.png");
+    let output = Command::cargo_bin("resnet-mnist")
+        .unwrap()
+        .args(["predict", "--threads", "2", "--checkpoint"])
+        .arg(fixture("trained.safetensors"))
+        .args([&seven, &cut, &jpeg, &missing])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].contains("00000-label7.png: 7 (") && lines[1].contains("seven.jpg: 7 ("), "{stdout}");
+    assert!(stderr.contains("cut.jpg: the JPEG is truncated"), "{stderr}");
+    assert!(stderr.contains("missing.png: cannot read: No such file"), "{stderr}");
+    assert!(stderr.contains("error: 2 of 4 pictures could not be read"), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "the cause once: {stderr}");
+}
