@@ -66,32 +66,64 @@ pub fn to_mnist(image: &DynamicImage) -> Option<[u8; IMAGE_PIXELS]> {
     Some(frame.into_raw().try_into().expect("28×28 pixels"))
 }
 
-/// Flattens transparency onto white, then inverts light-background pictures, judged by the
-/// border, so the digit is bright.
+/// Flattens transparency onto white, inverts light-background pictures (judged by the
+/// border) so that the digit is bright, then takes the paper away: values up to the border's
+/// 99th percentile (grey paper, its noise and uneven light) become black, and the rest is
+/// stretched so that the brightest ink is white.
 fn white_on_black(image: &DynamicImage) -> GrayImage {
+    let mut gray = bright_ink(image);
+    let mut border = border_values(&gray);
+    border.sort_unstable();
+    let paper = border[(border.len() - 1) * 99 / 100] as u32;
+    let ink = gray.pixels().map(|p| p.0[0] as u32).max().unwrap_or(0);
+    if ink > paper {
+        for p in gray.pixels_mut() {
+            p.0[0] = ((p.0[0] as u32).saturating_sub(paper) * 255 / (ink - paper)) as u8;
+        }
+    }
+    gray
+}
+
+fn border_values(gray: &GrayImage) -> Vec<u8> {
+    let (w, h) = gray.dimensions();
+    gray.enumerate_pixels()
+        .filter(|(x, y, _)| *x == 0 || *y == 0 || *x == w - 1 || *y == h - 1)
+        .map(|p| p.2 .0[0])
+        .collect()
+}
+
+/// Grayscale with transparency flattened onto white, inverted when the border is light.
+fn bright_ink(image: &DynamicImage) -> GrayImage {
     let la = image.to_luma_alpha8();
     let mut gray = GrayImage::from_fn(la.width(), la.height(), |x, y| {
         let [l, a] = la.get_pixel(x, y).0;
         Luma([((l as u32 * a as u32 + 255 * (255 - a as u32)) / 255) as u8])
     });
-    let (w, h) = gray.dimensions();
-    let border: Vec<u8> = gray
-        .enumerate_pixels()
-        .filter(|(x, y, _)| *x == 0 || *y == 0 || *x == w - 1 || *y == h - 1)
-        .map(|p| p.2 .0[0])
-        .collect();
+    let border = border_values(&gray);
     if border.iter().map(|&v| v as u64).sum::<u64>() > 127 * border.len() as u64 {
         imageops::invert(&mut gray);
     }
     gray
 }
 
-/// The smallest box holding every pixel brighter than [`INK`]: (x, y, width, height).
+/// The smallest box holding the rows and columns with ink: at least two pixels brighter than
+/// [`INK`], so that a speck of noise on the paper does not stretch it.
 fn ink_box(gray: &GrayImage) -> Option<(u32, u32, u32, u32)> {
-    let ink = gray.enumerate_pixels().filter(|p| p.2 .0[0] > INK);
-    let (x0, y0, x1, y1) = ink
-        .fold((u32::MAX, u32::MAX, 0, 0), |(x0, y0, x1, y1), (x, y, _)| (x0.min(x), y0.min(y), x1.max(x), y1.max(y)));
-    (x0 <= x1).then(|| (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
+    let (w, h) = gray.dimensions();
+    let (mut rows, mut cols) = (vec![0u32; h as usize], vec![0u32; w as usize]);
+    for (x, y, p) in gray.enumerate_pixels() {
+        if p.0[0] > INK {
+            rows[y as usize] += 1;
+            cols[x as usize] += 1;
+        }
+    }
+    let span = |counts: &[u32]| {
+        let first = counts.iter().position(|&c| c >= 2)?;
+        let last = counts.iter().rposition(|&c| c >= 2)?;
+        Some((first as u32, (last - first + 1) as u32))
+    };
+    let ((y0, bh), (x0, bw)) = (span(&rows)?, span(&cols)?);
+    Some((x0, y0, bw, bh))
 }
 
 fn center_of_mass(gray: &GrayImage) -> Option<(f64, f64)> {
