@@ -32,6 +32,17 @@ impl Default for Recipe {
     }
 }
 
+impl std::fmt::Display for Recipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Recipe { epochs, batch_size, lr, momentum, seed, grad_norm_every } = self;
+        write!(f, "{epochs} epochs, batch {batch_size}, lr {lr}, momentum {momentum}, seed {seed}")?;
+        match grad_norm_every {
+            0 => Ok(()),
+            k => write!(f, ", gradient norms every {k} steps"),
+        }
+    }
+}
+
 /// Batches between two running-loss reports, as in the reference.
 pub const LOG_EVERY: usize = 300;
 /// A mean loss above this means the run diverged: chance level is ln 10 ≈ 2.3, and a run

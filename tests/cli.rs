@@ -383,3 +383,40 @@ fn predict_reports_each_picture_and_fails_if_any_did() {
     assert!(stderr.contains("error: 2 of 4 pictures could not be read"), "{stderr}");
     assert_eq!(stderr.matches("No such file").count(), 1, "the cause once: {stderr}");
 }
+
+/// The small things users hit: logs without colour codes when not on a terminal; each cause
+/// said once; the recipe in words; `eval` writes nothing unless asked; flag values that are
+/// adjusted say so.
+#[test]
+fn messages_are_plain_said_once_and_adjustments_are_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    std::fs::create_dir(&data).unwrap();
+    write_dataset(&data);
+    let stderr = |c: &mut Command| String::from_utf8(c.env_remove("RUST_LOG").output().unwrap().stderr).unwrap();
+
+    let missing = tmp.path().join("nowhere");
+    let err = stderr(cmd("train", &data).arg("--resume").arg(&missing));
+    assert!(!err.contains('\u{1b}'), "colour codes in piped stderr: {err:?}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+
+    cmd("train", &data).args(["--epochs", "1", "--batch-size", "32", "--quiet", "--out"]).arg(&run).assert().success();
+    let err = stderr(cmd("train", &data).args(["--quiet", "--lr", "0.5", "--resume"]).arg(&run));
+    assert!(err.contains("the saved recipe (1 epochs, batch 32, lr 0.01, momentum 0.5, seed 0)"), "{err}");
+    assert!(!err.contains("Recipe {"), "{err}");
+
+    let before = std::fs::read_dir(&run).unwrap().count();
+    cmd("eval", &data).arg("--checkpoint").arg(run.join("best.safetensors")).assert().success();
+    assert_eq!(std::fs::read_dir(&run).unwrap().count(), before, "eval wrote a file beside the checkpoint");
+
+    let err =
+        stderr(cmd("bench", &data).args(["--steps", "1", "--repeats", "1", "--batch-size", "16", "--eval-batch", "8"]));
+    assert!(err.contains("--eval-batch 8: the eval pass runs batches of 16"), "{err}");
+    let out = tmp.path().join("compare");
+    let mut compare = cmd("compare", &data);
+    compare
+        .args(["--blocks", "plain", "--depths", "1", "--epochs", "1", "--train-subset", "1000000", "--out"])
+        .arg(&out);
+    let err = stderr(&mut compare);
+    assert!(err.contains("--train-subset 1000000: there are only 120 examples, and all of them are used"), "{err}");
+}

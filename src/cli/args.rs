@@ -175,8 +175,7 @@ pub struct EvalArgs {
     /// network [default: fresh weights of --block and --depth]
     #[arg(long, value_name = "PATH", conflicts_with = "ArchArgs")]
     pub checkpoint: Option<PathBuf>,
-    /// Where to write the confusion matrix image, without extension (.png and .svg are written)
-    /// [default: confusion-<dataset> beside the checkpoint]
+    /// Also draw the confusion matrix into PATH.png and PATH.svg (it is always printed)
     #[arg(long, value_name = "PATH", requires = "checkpoint")]
     pub plot: Option<PathBuf>,
     #[command(flatten)]

@@ -36,7 +36,7 @@ fn start<B: Backend>(backend: B, args: &TrainArgs) -> Result<(Session, Model<B>)
         || (args.arch.arch() != Arch::default() && args.arch.arch() != state.arch)
     {
         tracing::warn!(
-            "--resume continues with the saved recipe {:?} and network ({}); the flags given are ignored",
+            "--resume continues with the saved recipe ({}) and network ({}); the flags given are ignored",
             state.recipe,
             state.arch
         );
@@ -198,10 +198,11 @@ pub fn eval_checkpoint<B: Backend>(backend: B, dataset: &Dataset, path: &Path, p
     for (class, row) in report.confusion.iter().enumerate() {
         writeln!(out, "{class:>5}{}", row.iter().map(|n| format!("{n:>6}")).collect::<String>())?;
     }
-    let stem = plot.map_or_else(|| path.with_file_name(format!("confusion-{}", dataset.kind)), Path::to_path_buf);
-    let title = format!("Confusion matrix, {} test set: {:.2} %", dataset.kind, e.accuracy);
-    plot::confusion(&stem, &title, &report.confusion)?;
-    writeln!(out, "Wrote {} and .svg", stem.with_extension("png").display())?;
+    if let Some(stem) = plot {
+        let title = format!("Confusion matrix, {} test set: {:.2} %", dataset.kind, e.accuracy);
+        plot::confusion(stem, &title, &report.confusion)?;
+        writeln!(out, "Wrote {} and .svg", stem.with_extension("png").display())?;
+    }
     Ok(())
 }
 

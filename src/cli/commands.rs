@@ -191,6 +191,9 @@ fn bench<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
     let (batch, steps) = (args.batch_size as usize, args.steps as usize);
     // One workspace serves both passes, and evaluation fills it.
     let eval_batch = batch.max(args.eval_batch as usize);
+    if eval_batch != args.eval_batch as usize {
+        tracing::info!("--eval-batch {}: the eval pass runs batches of {batch}, the workspace's size", args.eval_batch);
+    }
     let mut model = fresh_model(backend, args.arch.arch(), args.common.seed, eval_batch);
     let train_split = DeviceSplit::new(&model.backend, &dataset.train);
     let test_split = DeviceSplit::new(&model.backend, &dataset.test);

@@ -30,8 +30,8 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
     let recipe = args.recipe.recipe(args.common.seed);
     let dir = args.out.clone().unwrap_or_else(|| default_run_dir("compare-"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    subset(&mut dataset.train, args.train_subset);
-    subset(&mut dataset.test, args.test_subset);
+    subset(&mut dataset.train, args.train_subset, "--train-subset");
+    subset(&mut dataset.test, args.test_subset, "--test-subset");
     claim(&dir, &Setup { dataset: dataset.kind.to_string(), train: dataset.train.len(), test: dataset.test.len() })?;
     println!("Comparing {} networks on {}; in {}", archs.len(), setting(&dataset, &recipe), dir.display());
     let interrupt = Interrupt::install()?;
@@ -96,9 +96,12 @@ fn claim(dir: &Path, setup: &Setup) -> Result<()> {
     }
 }
 
-/// Keeps the first `n` examples.
-fn subset(split: &mut Split, n: Option<u32>) {
+/// Keeps the first `n` examples; says so when there are fewer.
+fn subset(split: &mut Split, n: Option<u32>, flag: &str) {
     if let Some(n) = n {
+        if n as usize > split.len() {
+            tracing::info!("{flag} {n}: there are only {} examples, and all of them are used", split.len());
+        }
         split.truncate(n as usize);
     }
 }
