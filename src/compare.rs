@@ -1,8 +1,19 @@
 //! The comparison of block variants and depths: one finished run per network, summed up in a
 //! Markdown table.
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::Arch;
 use crate::train::EpochReport;
+
+/// The data a comparison directory's runs were trained and tested on, recorded as JSON in
+/// the directory so that a comparison is never continued on other data.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    pub dataset: String,
+    pub train: usize,
+    pub test: usize,
+}
 
 /// One network's run.
 pub struct Run<'a> {

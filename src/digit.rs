@@ -38,8 +38,23 @@ pub fn load(path: &Path) -> Result<[u8; IMAGE_PIXELS], DigitError> {
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
         return Err(DigitError::Truncated { path: path.into() });
     }
-    let image = image::load_from_memory_with_format(&bytes, format).map_err(decode)?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    reader.limits(picture_limits());
+    let image = reader.decode().map_err(decode)?;
     to_mnist(&image).ok_or_else(|| DigitError::Blank { path: path.into() })
+}
+
+/// The largest pictures read: a phone photo is 12 to 50 megapixels; a header that claims
+/// more is refused before anything is allocated for it.
+const MAX_SIDE: u32 = 16_384;
+const MAX_ALLOC: u64 = 256 << 20;
+
+fn picture_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    limits
 }
 
 /// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA): entropy-

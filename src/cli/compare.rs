@@ -7,13 +7,12 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use resnet_mnist::backend::Backend;
-use resnet_mnist::compare::{self, Run};
+use resnet_mnist::compare::{self, Run, Setup};
 use resnet_mnist::data::{Dataset, Split};
 use resnet_mnist::model::{Arch, BlockKind, Model};
 use resnet_mnist::plot;
 use resnet_mnist::session::{self, Outcome, Session};
 use resnet_mnist::train::{DeviceSplit, EpochReport, Recipe};
-use serde::{Deserialize, Serialize};
 
 use super::args::CompareArgs;
 use super::artifacts::{capacity, default_run_dir, interrupted, resumed, run_session};
@@ -55,14 +54,6 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
     let runs: Vec<Run> =
         finished.iter().map(|(arch, params, history)| Run { arch: *arch, params: *params, history }).collect();
     write_results(&dir, &dataset, &recipe, &runs, args.target)
-}
-
-/// The data a comparison directory's runs were trained and tested on.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Setup {
-    dataset: String,
-    train: usize,
-    test: usize,
 }
 
 /// Records `setup` in `dir`, or checks that the runs already there used the same data: a run

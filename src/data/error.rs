@@ -23,6 +23,9 @@ pub enum DataError {
     #[error("{}: corrupt gzip data: {source}", path.display())]
     Gzip { path: PathBuf, source: io::Error },
 
+    #[error("{}: decompresses to more than {} MiB, far more than any IDX file of these data sets", path.display(), limit >> 20)]
+    TooLarge { path: PathBuf, limit: usize },
+
     #[error(
         "{}: truncated: {len} bytes is too short for the {header_len}-byte IDX header",
         path.display()

@@ -190,20 +190,27 @@ fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
     fs::read(path).map_err(read_error)
 }
 
+/// The most a gzip file may decompress to: 5 times the largest IDX file of these data sets
+/// (47 MB of training images), so that a corrupt or hostile stream cannot exhaust memory.
+const GUNZIP_LIMIT: usize = 256 << 20;
+
 fn gunzip(compressed: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
     let mut bytes = Vec::with_capacity(gzip_size_hint(compressed));
     MultiGzDecoder::new(compressed)
+        .take(GUNZIP_LIMIT as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| DataError::Gzip { path: path.into(), source })?;
+    if bytes.len() > GUNZIP_LIMIT {
+        return Err(DataError::TooLarge { path: path.into(), limit: GUNZIP_LIMIT });
+    }
     Ok(bytes)
 }
 
 /// The gzip trailer stores the uncompressed size (mod 2^32); reserving it up front avoids
 /// repeated reallocation. It is untrusted, so it is capped.
 fn gzip_size_hint(compressed: &[u8]) -> usize {
-    const CAP: usize = 256 << 20;
     match compressed.last_chunk::<4>() {
-        Some(&trailer) => (u32::from_le_bytes(trailer) as usize).min(CAP),
+        Some(&trailer) => (u32::from_le_bytes(trailer) as usize).min(GUNZIP_LIMIT),
         None => 0,
     }
 }
