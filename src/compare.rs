@@ -23,11 +23,6 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// The earliest epoch with the best test accuracy.
-    fn best(&self) -> Option<&EpochReport> {
-        self.history.iter().reduce(|best, r| if r.test.accuracy > best.test.accuracy { r } else { best })
-    }
-
     /// The first epoch whose test accuracy reaches `target` (%).
     fn reaching(&self, target: f64) -> Option<usize> {
         self.history.iter().find(|r| r.test.accuracy >= target).map(|r| r.epoch)
@@ -42,7 +37,7 @@ pub fn markdown_table(runs: &[Run], target: f64) -> String {
     );
     table += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
     for run in runs {
-        let (Some(best), Some(last)) = (run.best(), run.history.last()) else { continue };
+        let (Some(best), Some(last)) = (crate::train::best(run.history), run.history.last()) else { continue };
         let seconds: f64 = run.history.iter().map(|r| r.seconds).sum();
         let images: f64 = run.history.iter().map(|r| r.images_per_s * r.seconds).sum();
         let reaching = run.reaching(target).map_or("never".to_string(), |e| e.to_string());

@@ -667,6 +667,13 @@ impl<B: Backend> Model<B> {
         Model { backend, net, state, ws, stats }
     }
 
+    /// The network `arch` with PyTorch's default initialization from `seed`.
+    pub fn fresh(backend: B, arch: Arch, seed: u64, capacity: usize) -> Self {
+        let net = Net::build(arch);
+        let params = net.layout.init(seed);
+        Model::new(backend, net, &params, capacity)
+    }
+
     /// One SGD step on the batch already gathered into the workspace.
     pub fn train_step(&mut self, batch: usize, lr: f32, momentum: f32) {
         let step = SgdStep { lr, momentum, first: self.state.steps == 0 };

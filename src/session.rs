@@ -148,12 +148,6 @@ impl Session {
         self.dir.join(name)
     }
 
-    /// The epoch with the best test accuracy so far; the earliest of equals, so a tie does
-    /// not replace `best`.
-    pub fn best(&self) -> Option<&EpochReport> {
-        self.state.history.iter().reduce(|best, r| if r.test.accuracy > best.test.accuracy { r } else { best })
-    }
-
     fn save_state<B: Backend>(&self, model: &Model<B>) -> Result<(), SessionError> {
         let state = serde_json::to_string(&self.state).expect("the state serializes");
         let metadata = HashMap::from([("state".to_string(), state)]);
@@ -168,7 +162,7 @@ impl Session {
         let metadata = checkpoint_metadata(&self.state.recipe, self.state.arch, report);
         let params = model.params();
         checkpoint::save_params(&self.path(LAST), &model.net.layout, &params, metadata.clone())?;
-        if self.best().is_some_and(|best| best.epoch == report.epoch) {
+        if crate::train::best(&self.state.history).is_some_and(|best| best.epoch == report.epoch) {
             checkpoint::save_params(&self.path(BEST), &model.net.layout, &params, metadata)?;
         }
         Ok(())

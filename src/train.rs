@@ -43,6 +43,12 @@ impl std::fmt::Display for Recipe {
     }
 }
 
+/// The epoch with the best test accuracy; the earliest of equals, so that a later tie never
+/// replaces a saved best checkpoint.
+pub fn best(history: &[EpochReport]) -> Option<&EpochReport> {
+    history.iter().reduce(|best, r| if r.test.accuracy > best.test.accuracy { r } else { best })
+}
+
 /// Batches between two running-loss reports, as in the reference.
 pub const LOG_EVERY: usize = 300;
 /// A mean loss above this means the run diverged: chance level is ln 10 ≈ 2.3, and a run

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::ValueEnum;
-use common::cuda_ops::{self as ops, assert_close, random};
+use common::cuda_ops as ops;
+use common::{assert_close, random};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resnet_mnist::backend::cpu::CpuBackend;

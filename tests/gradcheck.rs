@@ -5,18 +5,14 @@
 //! `r`. Ops that are linear in the checked argument make the difference exact up to rounding.
 
 use clap::ValueEnum;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape};
 use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
 
 mod common;
-use common::reference64;
-
-fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
+use common::{random, reference64};
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()

@@ -9,8 +9,8 @@ use resnet_mnist::backend::Backend;
 use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
 use safetensors::{Dtype, SafeTensors};
 
-/// Largest error relative to the largest magnitude of the reference tensor.
-const TOLERANCE: f32 = 1e-4;
+mod common;
+use common::{assert_close, TOLERANCE};
 
 struct Fixture(Vec<u8>);
 
@@ -48,24 +48,6 @@ impl Fixture {
         }
         flat
     }
-}
-
-fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
-    assert_eq!(ours.len(), theirs.len(), "{what}: length");
-    let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let (worst, at) =
-        ours.iter()
-            .zip(theirs)
-            .map(|(a, b)| (a - b).abs())
-            .zip(0..)
-            .fold((0.0, 0), |w, e| if e.0 > w.0 { e } else { w });
-    assert!(
-        worst / scale <= TOLERANCE,
-        "{what}: element {at} is {} here, {} in PyTorch (error {:e} relative to max {scale})",
-        ours[at],
-        theirs[at],
-        worst / scale
-    );
 }
 
 fn load_batch(model: &mut Model<CpuBackend>, fixture: &Fixture, name: &str) -> usize {

@@ -15,9 +15,8 @@ use resnet_mnist::session::{self, Outcome, Session};
 use resnet_mnist::train::{DeviceSplit, EpochReport, Recipe};
 
 use super::args::CompareArgs;
-use super::artifacts::{capacity, default_run_dir, interrupted, resumed, run_session};
-use super::commands::fresh_model;
 use super::signals::Interrupt;
+use super::train::{capacity, default_run_dir, interrupted, resumed, run_session};
 
 const TABLE: &str = "compare.md";
 const SETUP: &str = "compare.json";
@@ -102,7 +101,7 @@ fn subset(split: &mut Split, n: Option<u32>, flag: &str) {
 fn open_run<B: Backend>(backend: B, dir: &Path, recipe: Recipe, arch: Arch) -> Result<(Session, Model<B>)> {
     if !dir.join(session::STATE).exists() {
         let session = Session::create(dir, recipe, arch)?;
-        return Ok((session, fresh_model(backend, arch, recipe.seed, capacity(&recipe))));
+        return Ok((session, Model::fresh(backend, arch, recipe.seed, capacity(&recipe))));
     }
     let saved = Session::resume(dir).with_context(|| format!("cannot continue the run in {}", dir.display()))?;
     let state = &saved.session.state;

@@ -1,8 +1,15 @@
-//! The command-line front end: flags in `args`, what each subcommand does in `commands`.
+//! The command-line front end: flags in `args`, the dispatcher in `commands`, one module per
+//! subcommand (`train`, `eval`, `predict`, `samples`, `bench`, `compare`), and what they share:
+//! `output` (the reference's lines), `progress` (the bar), `signals` (stopping on a signal).
 
 pub mod args;
-mod artifacts;
+mod bench;
 pub mod commands;
 mod compare;
+mod eval;
+mod output;
+mod predict;
 mod progress;
+mod samples;
 pub mod signals;
+mod train;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use resnet_mnist::train::Event;
 
-use super::commands::print_event;
+use super::output::print_event;
 
 pub enum Reporter {
     Bar { bar: Option<(ProgressBar, Instant, usize)>, loss: Option<f64>, batch_size: usize },

@@ -6,29 +6,16 @@
 use clap::ValueEnum;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use super::{assert_close, random};
 use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::cuda::{CudaBackend, Device, Gemm};
 use resnet_mnist::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep};
 use resnet_mnist::data::IMAGE_PIXELS;
 use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
 
-const TOLERANCE: f32 = 1e-4;
-
 fn cpu() -> CpuBackend {
     CpuBackend::new(1).expect("thread pool")
-}
-
-pub fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-/// Largest error relative to the largest magnitude of `expected`.
-pub fn assert_close(what: &str, ours: &[f32], expected: &[f32]) {
-    assert_eq!(ours.len(), expected.len(), "{what}: length");
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    for (i, (a, b)) in ours.iter().zip(expected).enumerate() {
-        assert!((a - b).abs() / scale <= TOLERANCE, "{what}: element {i} is {a} on CUDA, {b} on the CPU");
-    }
 }
 
 fn conv_shapes() -> Vec<ConvShape> {

@@ -7,6 +7,8 @@ pub mod reference64;
 
 use std::path::Path;
 
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::model::Model;
 use resnet_mnist::session::{self, Outcome, Session};
@@ -44,4 +46,32 @@ pub fn write_dataset(dir: &Path, train: u32, test: u32) {
         write(&format!("{prefix}-images-idx3-ubyte"), 0x803, &[len, 28, 28], &images);
         write(&format!("{prefix}-labels-idx1-ubyte"), 0x801, &[len], &labels);
     }
+}
+
+/// How far a result may be from its reference: relative to the reference's largest magnitude.
+pub const TOLERANCE: f32 = 1e-4;
+
+/// `len` values drawn uniformly from [-1, 1).
+pub fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// Fails unless every element of `ours` is within [`TOLERANCE`] of `expected`, relative to the
+/// largest magnitude in `expected`; names the worst element.
+pub fn assert_close(what: &str, ours: &[f32], expected: &[f32]) {
+    assert_eq!(ours.len(), expected.len(), "{what}: length");
+    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let (worst, at) = ours
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
+        .zip(0..)
+        .fold((0.0, 0), |w, e| if e.0 > w.0 || e.0.is_nan() { e } else { w });
+    assert!(
+        worst / scale <= TOLERANCE,
+        "{what}: element {at} is {}, expected {} (error {:e} relative to the largest {scale})",
+        ours[at],
+        expected[at],
+        worst / scale
+    );
 }

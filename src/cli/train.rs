@@ -1,21 +1,19 @@
-//! The subcommands that produce or use run artifacts: training into a run directory,
-//! evaluating a checkpoint, predicting images, and writing sample digits.
+//! `train`: a run directory trained from scratch or resumed, and the helpers `compare`
+//! shares to run each of its networks the same way.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use resnet_mnist::backend::Backend;
-use resnet_mnist::checkpoint::{self, Checkpoint};
-use resnet_mnist::data::{Dataset, IMAGE_PIXELS};
-use resnet_mnist::inference::{self, argmax};
-use resnet_mnist::model::{Arch, Model, Net};
+use resnet_mnist::data::Dataset;
+use resnet_mnist::model::{Arch, Model};
+use resnet_mnist::plot;
 use resnet_mnist::session::{self, Outcome, Saved, Session};
 use resnet_mnist::train::{DeviceSplit, Recipe, EVAL_BATCH};
-use resnet_mnist::{digit, plot};
 
-use super::args::{PredictArgs, SamplesArgs, TrainArgs};
-use super::commands::{fresh_model, print_summary};
+use super::args::TrainArgs;
+use super::output::print_summary;
 use super::progress::Reporter;
 use super::signals::Interrupt;
 
@@ -24,7 +22,7 @@ fn start<B: Backend>(backend: B, args: &TrainArgs) -> Result<(Session, Model<B>)
     let Some(dir) = &args.resume else {
         let (recipe, arch) = (args.recipe(), args.arch.arch());
         let dir = args.out.clone().unwrap_or_else(|| default_run_dir(""));
-        return Ok((Session::create(&dir, recipe, arch)?, fresh_model(backend, arch, recipe.seed, capacity(&recipe))));
+        return Ok((Session::create(&dir, recipe, arch)?, Model::fresh(backend, arch, recipe.seed, capacity(&recipe))));
     };
     let mut saved = Session::resume(dir).with_context(|| format!("cannot resume the run in {}", dir.display()))?;
     if let Some(epochs) = args.recipe.epochs {
@@ -160,101 +158,4 @@ pub(super) fn run_session<B: Backend>(
         plot::grad_norms(&session.dir, &model.net.layout, &state.grad_norms)?;
     }
     Ok(outcome)
-}
-
-/// What the checkpoint says about itself, for the report's first line.
-fn describe(path: &Path, net: &Net, checkpoint: &Checkpoint) -> Result<String> {
-    let epoch: Option<usize> = checkpoint.meta(path, "epoch")?;
-    Ok(match epoch {
-        Some(epoch) => format!("{} (epoch {epoch}, {})", path.display(), net.arch),
-        None => format!("{} ({})", path.display(), net.arch),
-    })
-}
-
-pub fn eval_checkpoint<B: Backend>(backend: B, dataset: &Dataset, path: &Path, plot: Option<&Path>) -> Result<()> {
-    let (net, checkpoint) = checkpoint::load_net(path)?;
-    let mut model = Model::new(backend, net, &checkpoint.params, EVAL_BATCH);
-    let report = inference::report(&mut model, &dataset.test);
-    model.backend.failure()?;
-    let e = &report.evaluation;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "Accuracy on test set: {:.2} % ({} / {}), test loss {:.4}  (checkpoint {}; {} on {})",
-        e.accuracy,
-        e.correct,
-        e.total,
-        e.loss,
-        describe(path, &model.net, &checkpoint)?,
-        dataset.kind,
-        model.backend.name()
-    )?;
-    for (class, accuracy) in report.per_class().iter().enumerate() {
-        let accuracy = accuracy.map_or("no examples".into(), |a| format!("{a:6.2} %"));
-        writeln!(out, "class {class}: {accuracy}")?;
-    }
-    writeln!(out, "confusion matrix (rows: true class, columns: predicted)")?;
-    writeln!(out, "     {}", (0..10).map(|c| format!("{c:>6}")).collect::<String>())?;
-    for (class, row) in report.confusion.iter().enumerate() {
-        writeln!(out, "{class:>5}{}", row.iter().map(|n| format!("{n:>6}")).collect::<String>())?;
-    }
-    if let Some(stem) = plot {
-        let title = format!("Confusion matrix, {} test set: {:.2} %", dataset.kind, e.accuracy);
-        plot::confusion(stem, &title, &report.confusion)?;
-        writeln!(out, "Wrote {} and .svg", stem.with_extension("png").display())?;
-    }
-    Ok(())
-}
-
-pub fn predict<B: Backend>(backend: B, args: &PredictArgs) -> Result<()> {
-    let (net, checkpoint) = checkpoint::load_net(&args.checkpoint)?;
-    let loaded: Vec<Result<[u8; IMAGE_PIXELS], digit::DigitError>> =
-        args.images.iter().map(|p| digit::load(p)).collect();
-    let images: Vec<[u8; IMAGE_PIXELS]> = loaded.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
-    let mut model = Model::new(backend, net, &checkpoint.params, images.len().clamp(1, EVAL_BATCH));
-    let mut probabilities = inference::probabilities(&mut model, &images).into_iter();
-    model.backend.failure()?;
-    // Each picture gets its line, in order: a bad one hides none of the others.
-    let mut out = std::io::stdout().lock();
-    for (path, image) in args.images.iter().zip(&loaded) {
-        match (image, args.json) {
-            (Ok(_), json) => {
-                let p = probabilities.next().expect("one result per image read");
-                let class = argmax(&p);
-                if json {
-                    writeln!(out, "{}", serde_json::json!({ "image": path, "class": class, "probabilities": p }))?;
-                } else {
-                    let probs: Vec<String> = p.iter().map(|v| format!("{v:.3}")).collect();
-                    writeln!(out, "{}: {class} ({:.1} %)  [{}]", path.display(), 100.0 * p[class], probs.join(" "))?;
-                }
-            }
-            (Err(e), true) => writeln!(out, "{}", serde_json::json!({ "image": path, "error": e.to_string() }))?,
-            (Err(e), false) => {
-                out.flush()?;
-                eprintln!("error: {e}");
-            }
-        }
-    }
-    let failed = loaded.iter().filter(|r| r.is_err()).count();
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} pictures could not be read", loaded.len());
-    }
-    Ok(())
-}
-
-pub fn samples(dataset: &Dataset, args: &SamplesArgs) -> Result<()> {
-    let test = &dataset.test;
-    let count = (args.count as usize).min(test.len());
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    for i in 0..count {
-        let path = args.out.join(format!("{i:05}-label{}.png", test.labels[i]));
-        digit::save_png(&path, &test.images[i * IMAGE_PIXELS..(i + 1) * IMAGE_PIXELS])?;
-    }
-    println!(
-        "Wrote {count} {} test digits to {}; try: resnet-mnist predict --checkpoint runs/<run>/best.safetensors {}",
-        dataset.kind,
-        args.out.display(),
-        args.out.join(format!("00000-label{}.png", test.labels[0])).display()
-    );
-    Ok(())
 }
