@@ -274,32 +274,42 @@ fn resume_with_more_epochs_extends_a_finished_run() {
     assert!(stderr.contains("--epochs 2: the run in") && stderr.contains("has already trained 3 epochs"), "{stderr}");
 }
 
+/// A training run into `run` that would go on for 100,000 epochs, once its first epoch is
+/// reported; and the rest of its output lines.
+fn endless_run(data: &Path, run: &Path) -> (std::process::Child, impl Iterator<Item = String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-mnist"))
+        .args(["train", "--threads", "1", "--offline", "--device", "cpu", "--quiet", "--batch-size", "32"])
+        .args(["--epochs", "100000", "--data-dir"])
+        .arg(data)
+        .arg("--out")
+        .arg(run)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map(Result::unwrap);
+    assert!(lines.by_ref().any(|l| l.starts_with("Accuracy on test set")), "no epoch finished");
+    (child, lines)
+}
+
+fn kill(signal: &str, child: &std::process::Child) {
+    let status = std::process::Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status();
+    assert!(status.unwrap().success(), "kill -{signal}");
+}
+
 /// SIGINT, SIGTERM and SIGHUP each stop a run after the step in flight with a resumable save
 /// and the exit status 128 + signal; the run then resumes.
 #[test]
 fn every_stop_signal_saves_and_exits_with_its_status() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     for (signal, status) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
         let run = tmp.path().join(signal);
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-mnist"))
-            .args(["train", "--threads", "2", "--offline", "--device", "cpu", "--quiet", "--batch-size", "32"])
-            .args(["--epochs", "100000", "--data-dir"])
-            .arg(&data)
-            .arg("--out")
-            .arg(&run)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map(Result::unwrap);
-        assert!(lines.by_ref().any(|l| l.starts_with("Accuracy on test set")), "{signal}: no epoch finished");
-        let kill = std::process::Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status();
-        assert!(kill.unwrap().success());
+        let (mut child, lines) = endless_run(&data, &run);
+        kill(signal, &child);
         let rest: Vec<String> = lines.collect();
         let code = child.wait().unwrap().code();
         assert_eq!(code, Some(status), "SIG{signal}: {rest:?}");
@@ -318,29 +328,18 @@ fn every_stop_signal_saves_and_exits_with_its_status() {
 /// when a run takes the directory.
 #[test]
 fn a_run_directory_has_one_owner() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
     let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
     std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-mnist"))
-        .args(["train", "--threads", "1", "--offline", "--device", "cpu", "--quiet", "--batch-size", "32"])
-        .args(["--epochs", "100000", "--data-dir"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&run)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines().map(Result::unwrap);
+    let (mut first, mut lines) = endless_run(&data, &run);
+    // The state of the first epoch is saved once the second one is reported.
     assert!(lines.any(|l| l.starts_with("Accuracy on test set")));
     let holder = format!("in use by another run (process {} holds .lock)", first.id());
     for args in [&["--epochs", "1", "--out"][..], &["--resume"][..]] {
         cmd("train", &data).args(["--quiet"]).args(args).arg(&run).assert().failure().stderr(contains(holder.as_str()));
     }
-    std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    kill("TERM", &first);
     assert_eq!(first.wait().unwrap().code(), Some(143));
 
     let stale = run.join(".resnet-mnist-tmpAbC123");
