@@ -606,6 +606,22 @@ pub struct Workspace<B: Backend> {
     pub d_c1: B::Buf,
 }
 
+/// Elements a [`Workspace`] of `capacity` allocates (`f32` and `u32` alike, 4 bytes each),
+/// term by term as [`Workspace::new`] allocates them (a test holds the two together): what
+/// `--batch-size` costs in memory, to check before allocating.
+pub fn workspace_elements(net: &Net, capacity: usize) -> usize {
+    let n = capacity;
+    let (c1, p1) = (net.conv1.shape(n).out_len(), Net::pool(&net.conv1, n).out_len());
+    let (c2, p2) = (net.conv2.shape(n).out_len(), Net::pool(&net.conv2, n).out_len());
+    let stage = |stage: &Stage| {
+        let len = stage.len(n);
+        let aux = |kind: BlockKind| if kind.has_aux() { len } else { 0 };
+        stage.blocks.iter().map(|block| 2 * len + aux(block.kind)).sum::<usize>() + len + aux(stage.blocks[0].kind)
+    };
+    let input = net.conv1.shape(n).in_len();
+    input + n + 2 * c1 + 3 * p1 + stage(&net.stage1) + 2 * c2 + 3 * p2 + stage(&net.stage2) + 2 * n * CLASSES
+}
+
 impl<B: Backend> Workspace<B> {
     pub fn new(b: &B, net: &Net, capacity: usize) -> Self {
         let n = capacity;
@@ -714,5 +730,37 @@ impl<B: Backend> Model<B> {
         let grads = self.backend.download(&self.state.grads);
         let norm = |g: &[f32]| g.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32;
         self.net.layout.tensors.iter().map(|t| norm(&grads[t.range()])).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    fn stage_len(acts: &StageActs<CpuBackend>) -> usize {
+        let blocks: usize =
+            acts.blocks.iter().map(|b| b.hidden.len() + b.out.len() + b.aux.as_ref().map_or(0, Vec::len)).sum();
+        blocks + acts.scratch.d_hidden.len() + acts.scratch.d_aux.as_ref().map_or(0, Vec::len)
+    }
+
+    #[test]
+    fn workspace_elements_counts_what_the_workspace_allocates() {
+        let b = CpuBackend::new(1).unwrap();
+        for block in [BlockKind::Original, BlockKind::ConvShortcut, BlockKind::Preact] {
+            for (depth, capacity) in [(1, 7), (3, 2)] {
+                let net = Net::build(Arch { block, depth });
+                let ws = Workspace::new(&b, &net, capacity);
+                let buffers = [&ws.x, &ws.c1, &ws.p1, &ws.c2, &ws.p2, &ws.logits, &ws.d_logits, &ws.d_stage2, &ws.d_c2];
+                let rest = [&ws.d_stage1, &ws.d_c1].iter().map(|v| v.len()).sum::<usize>();
+                let indices = ws.labels.len() + ws.argmax1.len() + ws.argmax2.len();
+                let total = buffers.iter().map(|v| v.len()).sum::<usize>()
+                    + rest
+                    + indices
+                    + stage_len(&ws.stage1)
+                    + stage_len(&ws.stage2);
+                assert_eq!(workspace_elements(&net, capacity), total, "{block:?} depth {depth}, capacity {capacity}");
+            }
+        }
     }
 }

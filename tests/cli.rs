@@ -420,3 +420,36 @@ fn messages_are_plain_said_once_and_adjustments_are_logged() {
     let err = stderr(&mut compare);
     assert!(err.contains("--train-subset 1000000: there are only 120 examples, and all of them are used"), "{err}");
 }
+
+/// A batch the host cannot hold is refused up front, saying how much it needs and how much
+/// there is, instead of the allocator aborting mid-setup; a batch larger than the data set
+/// is refused by `bench`, which times whole batches.
+#[test]
+fn batch_sizes_that_cannot_be_honoured_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_dataset(&data);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / f64::from(1u32 << 20));
+    // 65536 examples of a 64-deep network need about 96 GiB.
+    if available_gib.is_some_and(|gib| gib < 90.0) {
+        cmd("train", &data)
+            .args(["--batch-size", "65536", "--depth", "64", "--epochs", "1", "--out"])
+            .arg(tmp.path().join("run"))
+            .timeout(std::time::Duration::from_secs(30))
+            .assert()
+            .failure()
+            .stderr(contains("--batch-size 65536 needs 96.5 GiB of memory").and(contains("GiB are available")));
+        assert!(!tmp.path().join("run").exists(), "nothing is created for a run that cannot start");
+    }
+    cmd("bench", &data)
+        .args(["--batch-size", "500", "--steps", "1"])
+        .assert()
+        .failure()
+        .stderr(contains("--batch-size 500: the data set has only 120 training examples"));
+}

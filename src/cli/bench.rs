@@ -22,6 +22,9 @@ pub fn bench<B: Backend>(backend: B, dataset: &Dataset, args: &BenchArgs) -> Res
         n => usize::from(n),
     };
     let (batch, steps) = (args.batch_size as usize, args.steps as usize);
+    if batch > dataset.train.len() {
+        anyhow::bail!("--batch-size {batch}: the data set has only {} training examples", dataset.train.len());
+    }
     // One workspace serves both passes, and evaluation fills it.
     let eval_batch = batch.max(args.eval_batch as usize);
     if eval_batch != args.eval_batch as usize {

@@ -9,9 +9,10 @@ use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::cuda::{hw::CudarcDevice, CudaBackend};
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::{self, Dataset, LoadOptions};
+use resnet_mnist::model::Arch;
 
 use super::args::{BenchArgs, Cli, Command, CommonArgs, CompareArgs, Device, EvalArgs, PredictArgs, TrainArgs};
-use super::{bench, compare, eval, predict, samples, train};
+use super::{bench, compare, eval, memory, predict, samples, train};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Train(cli.train)) {
@@ -27,6 +28,20 @@ pub fn run(cli: Cli) -> Result<()> {
 /// A subcommand, written once over whichever backend `--device` picks.
 trait OnBackend {
     fn run<B: Backend>(&self, backend: B) -> Result<()>;
+
+    /// The networks and batch capacity the command will allocate, with the flag that set it,
+    /// for checking the host's memory before a CPU run.
+    fn workspace(&self) -> Option<(String, Vec<Arch>, usize)> {
+        None
+    }
+}
+
+/// The CPU backend, once the host has been found to have the memory `command` needs.
+fn on_cpu(common: &CommonArgs, command: &impl OnBackend) -> Result<()> {
+    if let Some((flag, archs, capacity)) = command.workspace() {
+        memory::check(&flag, &archs, capacity)?;
+    }
+    command.run(cpu(common)?)
 }
 
 fn cpu(common: &CommonArgs) -> Result<CpuBackend> {
@@ -37,7 +52,7 @@ fn cpu(common: &CommonArgs) -> Result<CpuBackend> {
 /// `--device auto` on the GPU when one answers, else on the CPU with one line saying why.
 fn on_device(common: &CommonArgs, command: &impl OnBackend) -> Result<()> {
     if common.device == Device::Cpu {
-        return command.run(cpu(common)?);
+        return on_cpu(common, command);
     }
     let why = match gpu() {
         #[cfg(feature = "cuda")]
@@ -50,7 +65,7 @@ fn on_device(common: &CommonArgs, command: &impl OnBackend) -> Result<()> {
         bail!("--device cuda: {why}");
     }
     tracing::info!("device auto: using the CPU ({why})");
-    command.run(cpu(common)?)
+    on_cpu(common, command)
 }
 
 #[cfg(feature = "cuda")]
@@ -88,11 +103,23 @@ impl OnBackend for TrainArgs {
     fn run<B: Backend>(&self, backend: B) -> Result<()> {
         train::train(backend, &load_data(&self.common)?, self)
     }
+
+    /// A resumed run keeps the batch size it has been training with.
+    fn workspace(&self) -> Option<(String, Vec<Arch>, usize)> {
+        let recipe = self.recipe();
+        let flag = format!("--batch-size {}", recipe.batch_size);
+        self.resume.is_none().then(|| (flag, vec![self.arch.arch()], train::capacity(&recipe)))
+    }
 }
 
 impl OnBackend for CompareArgs {
     fn run<B: Backend>(&self, backend: B) -> Result<()> {
         compare::compare(backend, load_data(&self.common)?, self)
+    }
+
+    fn workspace(&self) -> Option<(String, Vec<Arch>, usize)> {
+        let recipe = self.recipe.recipe(self.common.seed);
+        Some((format!("--batch-size {}", recipe.batch_size), compare::archs(self), train::capacity(&recipe)))
     }
 }
 
@@ -105,6 +132,11 @@ impl OnBackend for EvalArgs {
 impl OnBackend for BenchArgs {
     fn run<B: Backend>(&self, backend: B) -> Result<()> {
         bench::bench(backend, &load_data(&self.common)?, self)
+    }
+
+    fn workspace(&self) -> Option<(String, Vec<Arch>, usize)> {
+        let flag = format!("--batch-size {} with --eval-batch {}", self.batch_size, self.eval_batch);
+        Some((flag, vec![self.arch.arch()], self.batch_size.max(self.eval_batch) as usize))
     }
 }
 

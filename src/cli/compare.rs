@@ -21,10 +21,14 @@ use super::train::{capacity, default_run_dir, interrupted, resumed, run_session}
 const TABLE: &str = "compare.md";
 const SETUP: &str = "compare.json";
 
-pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs) -> Result<()> {
+/// Every network `--blocks` and `--depths` ask for, in the order they are trained.
+pub fn archs(args: &CompareArgs) -> Vec<Arch> {
     let blocks = if args.blocks.is_empty() { BlockKind::value_variants().to_vec() } else { args.blocks.clone() };
-    let archs: Vec<Arch> =
-        args.depths.iter().flat_map(|&depth| blocks.iter().map(move |&block| Arch { block, depth })).collect();
+    args.depths.iter().flat_map(|&depth| blocks.iter().map(move |&block| Arch { block, depth })).collect()
+}
+
+pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs) -> Result<()> {
+    let archs = archs(args);
     let recipe = args.recipe.recipe(args.common.seed);
     let dir = args.out.clone().unwrap_or_else(|| default_run_dir("compare-"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
