@@ -84,6 +84,9 @@ pub enum Outcome {
 pub struct Session {
     pub dir: PathBuf,
     pub state: TrainState,
+    /// Also save the state every this many optimizer steps within an epoch (`--save-every`);
+    /// a setting of this process, not of the run.
+    pub save_every: Option<usize>,
     _lock: DirLock,
 }
 
@@ -108,7 +111,8 @@ impl Session {
         if dir.join(STATE).exists() {
             return Err(SessionError::Occupied { dir: dir.into() });
         }
-        Ok(Session { dir: dir.into(), state: TrainState { recipe, arch, ..TrainState::default() }, _lock: lock })
+        let state = TrainState { recipe, arch, ..TrainState::default() };
+        Ok(Session { dir: dir.into(), state, save_every: None, _lock: lock })
     }
 
     /// What a run that went wrong leaves: the last saved state, which `--resume` continues.
@@ -141,7 +145,7 @@ impl Session {
         let net = Net::build(state.arch);
         let mut params = file.read(&net.layout, &["param.", "momentum."])?;
         let momentum = params.split_off(net.layout.total);
-        Ok(Saved { session: Session { dir: dir.into(), state, _lock: lock }, net, params, momentum })
+        Ok(Saved { session: Session { dir: dir.into(), state, save_every: None, _lock: lock }, net, params, momentum })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -238,27 +242,37 @@ pub fn run<B: Backend>(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, SessionError> {
     let recipe = session.state.recipe;
+    let total = batches_per_epoch(train.len, recipe.batch_size);
     while session.state.epoch < recipe.epochs {
         let epoch = session.state.epoch;
         let order = model.backend.upload_idx(&epoch_order(recipe.seed, epoch, train.len));
-        let started = Instant::now();
-        let grad_norms = &mut session.state.grad_norms;
-        let progress =
-            train_epoch(model, train, &order, &recipe, epoch + 1, session.state.progress, stop, &mut |event| {
+        // The epoch runs in stretches, each ending at its end, a stop, or a save that
+        // `save_every` asks for; the state is saved after every stretch that ends early.
+        while session.state.progress.batches < total {
+            let from = session.state.progress;
+            let until = session.save_every.map_or(total, |n| from.batches + n - model.state.steps as usize % n);
+            let started = Instant::now();
+            let grad_norms = &mut session.state.grad_norms;
+            let progress = train_epoch(model, train, &order, &recipe, epoch + 1, from, until, stop, &mut |event| {
                 if let Event::GradNorms(record) = &event {
                     grad_norms.push((*record).clone());
                 }
                 on_event(event);
             })
             .map_err(|diverged| session.diverged(diverged))?;
-        model.backend.failure().map_err(|failure| session.device_failed(failure))?;
-        let state = &mut session.state;
-        (state.progress, state.steps) = (progress, model.state.steps);
-        state.seconds += started.elapsed().as_secs_f64();
-        if progress.batches < batches_per_epoch(train.len, recipe.batch_size) {
-            session.save_state(model)?;
-            return Ok(Outcome::Stopped { epoch, batch: progress.batches });
+            model.backend.failure().map_err(|failure| session.device_failed(failure))?;
+            let state = &mut session.state;
+            (state.progress, state.steps) = (progress, model.state.steps);
+            state.seconds += started.elapsed().as_secs_f64();
+            if progress.batches < total {
+                session.save_state(model)?;
+            }
+            if progress.batches < until.min(total) {
+                return Ok(Outcome::Stopped { epoch, batch: progress.batches });
+            }
         }
+        let state = &session.state;
+        let progress = state.progress;
         let report = EpochReport {
             epoch: epoch + 1,
             train_loss: progress.loss_sum / train.len as f64,

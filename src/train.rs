@@ -144,11 +144,17 @@ impl<B: Backend> DeviceSplit<B> {
     }
 }
 
-/// Where an epoch stands: batches done and the sum of their per-example losses.
+/// Where an epoch stands: batches done and the sum of their per-example losses, and the
+/// running-loss window still open (its loss sum and images), so that a run paused to save
+/// and continued reports the same running losses as one that never paused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochProgress {
     pub batches: usize,
     pub loss_sum: f64,
+    #[serde(default)]
+    pub window_loss: f64,
+    #[serde(default)]
+    pub window_images: usize,
 }
 
 /// Batches in one epoch over `len` examples.
@@ -157,7 +163,8 @@ pub fn batches_per_epoch(len: usize, batch_size: usize) -> usize {
 }
 
 /// Runs one epoch of SGD over `train` in the given order, from batch `from.batches` on, until
-/// the epoch ends or `stop()` turns true between steps; returns where the epoch then stands,
+/// the epoch ends, batch `until` is done, or `stop()` turns true between steps; returns where
+/// the epoch then stands,
 /// or [`Diverged`] as soon as a loss report (every [`LOG_EVERY`] batches, and the epoch's
 /// last batches) is not finite or above [`DIVERGED_LOSS`].
 #[allow(clippy::too_many_arguments)]
@@ -168,14 +175,15 @@ pub fn train_epoch<B: Backend>(
     recipe: &Recipe,
     epoch: usize,
     from: EpochProgress,
+    until: usize,
     stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<EpochProgress, Diverged> {
     let mut progress = from;
-    let mut window = 0usize;
+    let mut window = progress.window_images;
     let total = batches_per_epoch(train.len, recipe.batch_size);
     // A failed device (see `Backend::failure`) ends the epoch: its steps would do nothing.
-    while progress.batches < total && !stop() && model.backend.failure().is_ok() {
+    while progress.batches < until.min(total) && !stop() && model.backend.failure().is_ok() {
         let start = progress.batches * recipe.batch_size;
         let batch = recipe.batch_size.min(train.len - start);
         model.backend.gather(&train.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);
@@ -188,17 +196,21 @@ pub fn train_epoch<B: Backend>(
         on_event(Event::Step { epoch, batch: progress.batches, batches: total });
         if progress.batches.is_multiple_of(LOG_EVERY) {
             let stats = model.take_stats();
-            let loss = check_loss(stats.loss_sum / window as f64, epoch, progress.batches, LOG_EVERY)?;
+            let sum = progress.window_loss + stats.loss_sum;
+            let loss = check_loss(sum / window as f64, epoch, progress.batches, LOG_EVERY)?;
             on_event(Event::RunningLoss { epoch, batch: progress.batches, loss });
             progress.loss_sum += stats.loss_sum;
-            window = 0;
+            (progress.window_loss, window) = (0.0, 0);
         }
     }
     let rest = model.take_stats().loss_sum;
-    if window > 0 {
-        check_loss(rest / window as f64, epoch, progress.batches, (progress.batches - 1) % LOG_EVERY + 1)?;
-    }
     progress.loss_sum += rest;
+    progress.window_loss += rest;
+    progress.window_images = window;
+    if window > 0 {
+        let batches = (progress.batches - 1) % LOG_EVERY + 1;
+        check_loss(progress.window_loss / window as f64, epoch, progress.batches, batches)?;
+    }
     Ok(progress)
 }
 

@@ -106,3 +106,40 @@ fn a_directory_with_a_run_is_not_overwritten() {
     let err = Session::create(dir.path(), RECIPE, ARCH).err().expect("refused");
     assert!(err.to_string().contains("--resume"), "{err}");
 }
+
+/// `save_every` saves the state within the epoch, after every so many steps, and the run
+/// that saves gives the numbers of one that does not.
+#[test]
+fn periodic_saves_within_an_epoch_change_nothing() {
+    let (plain_dir, saving_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (outcome, plain, plain_params) = run(plain_dir.path(), false, usize::MAX);
+    assert_eq!(outcome, Outcome::Finished);
+
+    let (train, test) = (synthetic(160, 1), synthetic(50, 2));
+    let net = Net::build(ARCH);
+    let params = net.layout.init(RECIPE.seed);
+    let mut model = Model::new(CpuBackend::new(2).unwrap(), net, &params, 64);
+    let (train, test) = (DeviceSplit::new(&model.backend, &train), DeviceSplit::new(&model.backend, &test));
+    let mut session = Session::create(saving_dir.path(), RECIPE, ARCH).unwrap();
+    session.save_every = Some(2);
+    let state_path = saving_dir.path().join(session::STATE);
+    let saved_batches = |path: &Path| {
+        let file = checkpoint::CheckpointFile::open(path).unwrap();
+        let json: String = file.meta("state").unwrap().unwrap();
+        serde_json::from_str::<TrainState>(&json).unwrap().progress.batches
+    };
+    let mut seen = Vec::new();
+    let outcome = session::run(&mut session, &mut model, &train, &test, &|| false, &mut |event| {
+        if let resnet_mnist::train::Event::Step { epoch: 1, batch: 3, .. } = event {
+            seen.push(saved_batches(&state_path));
+        }
+    })
+    .unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(seen, [2], "the state on disk after step 3 of the first epoch is the one saved after step 2");
+    assert_eq!(bits(&model.params()), bits(&plain_params));
+    let numbers = |h: &[resnet_mnist::train::EpochReport]| {
+        h.iter().map(|r| (r.epoch, r.train_loss.to_bits(), r.test.loss.to_bits(), r.test.correct)).collect::<Vec<_>>()
+    };
+    assert_eq!(numbers(&session.state.history), numbers(&plain.history));
+}

@@ -30,13 +30,22 @@ fn epoch_losses(model: &mut Model<CpuBackend>, split: &Split, recipe: &Recipe) -
     let device = DeviceSplit::new(&model.backend, split);
     let order = model.backend.upload_idx(&epoch_order(recipe.seed, 0, split.len()));
     let mut losses = Vec::new();
-    let progress =
-        train::train_epoch(model, &device, &order, recipe, 1, EpochProgress::default(), &|| false, &mut |event| {
+    let progress = train::train_epoch(
+        model,
+        &device,
+        &order,
+        recipe,
+        1,
+        EpochProgress::default(),
+        usize::MAX,
+        &|| false,
+        &mut |event| {
             if let Event::RunningLoss { loss, .. } = event {
                 losses.push(loss);
             }
-        })
-        .expect("training does not diverge");
+        },
+    )
+    .expect("training does not diverge");
     (losses, progress.loss_sum / split.len() as f64)
 }
 

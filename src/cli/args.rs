@@ -128,9 +128,14 @@ pub struct TrainArgs {
     /// Run directory for checkpoints, metrics.csv and curves [default: runs/<UTC timestamp>]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the interrupted run in DIR with its saved recipe (recipe flags are ignored).
+    /// Continue the interrupted run in DIR with its saved recipe (recipe flags are ignored,
+    /// but --epochs extends it).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// Also save a resumable state every STEPS optimizer steps within an epoch (one is always
+    /// saved at the end of each epoch), so that a killed long epoch loses at most STEPS steps.
+    #[arg(long, value_name = "STEPS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub save_every: Option<u32>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

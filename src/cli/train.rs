@@ -84,6 +84,7 @@ pub(super) fn default_run_dir(prefix: &str) -> PathBuf {
 
 pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Result<()> {
     let (mut session, mut model) = start(backend, args)?;
+    session.save_every = args.save_every.map(|n| n as usize);
     let recipe = session.state.recipe;
     let (train, test) =
         (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
