@@ -13,8 +13,9 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
-/// The tiny data set these tests train on.
+/// The tiny data set these tests train on, in `dir` (created if needed).
 fn write_dataset(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
     common::write_dataset(dir, 120, 40);
 }
 
@@ -29,7 +30,6 @@ fn cmd(sub: &str, data: &Path) -> Command {
 fn train_resume_eval_and_samples() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
-    std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     let train = |extra: &[&str]| {
         let mut c = cmd("train", &data);
@@ -162,7 +162,6 @@ fn predict_reports_bad_images() {
 fn compare_trains_each_network_and_writes_the_table() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, out) = (tmp.path().join("data"), tmp.path().join("compare"));
-    std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     let compare = |epochs: &str, test: &str| {
         let mut c = cmd("compare", &data);
@@ -227,7 +226,6 @@ fn bad_variant_flags_are_rejected() {
 fn a_diverging_run_stops_naming_the_epoch_and_batches_and_saves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
-    std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     cmd("train", &data)
         .args(["--epochs", "2", "--batch-size", "32", "--lr", "3e38", "--momentum", "0.9", "--quiet", "--out"])
@@ -249,7 +247,6 @@ fn a_diverging_run_stops_naming_the_epoch_and_batches_and_saves_nothing() {
 fn resume_with_more_epochs_extends_a_finished_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     let train = |args: &[&str]| {
         let out = cmd("train", &data).args(["--batch-size", "32", "--quiet"]).args(args).output().unwrap();
@@ -305,7 +302,6 @@ fn kill(signal: &str, child: &std::process::Child) {
 fn every_stop_signal_saves_and_exits_with_its_status() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     for (signal, status) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
         let run = tmp.path().join(signal);
@@ -331,7 +327,6 @@ fn every_stop_signal_saves_and_exits_with_its_status() {
 fn a_run_directory_has_one_owner() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
-    std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     let (mut first, mut lines) = endless_run(&data, &run);
     // The state of the first epoch is saved once the second one is reported.
@@ -391,7 +386,6 @@ fn predict_reports_each_picture_and_fails_if_any_did() {
 fn messages_are_plain_said_once_and_adjustments_are_logged() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
-    std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     let stderr = |c: &mut Command| String::from_utf8(c.env_remove("RUST_LOG").output().unwrap().stderr).unwrap();
 
@@ -428,7 +422,6 @@ fn messages_are_plain_said_once_and_adjustments_are_logged() {
 fn batch_sizes_that_cannot_be_honoured_are_refused_up_front() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
     write_dataset(&data);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let available_gib = meminfo
