@@ -14,9 +14,11 @@ fn fake(dir: &str) -> String {
     Path::new(env!("RESNET_MNIST_FAKE_CUDA")).join(dir).display().to_string()
 }
 
-/// The directories the test process loads libraries from (NVRTC's among them).
-fn inherited() -> Vec<String> {
-    std::env::var("LD_LIBRARY_PATH").ok().filter(|p| !p.is_empty()).into_iter().collect()
+/// The fake driver and cuBLAS, then the directories the test process loads libraries from
+/// (NVRTC's among them).
+fn fake_path() -> Vec<String> {
+    let inherited = std::env::var("LD_LIBRARY_PATH").ok().filter(|p| !p.is_empty());
+    [fake("driver"), fake("cublas")].into_iter().chain(inherited).collect()
 }
 
 /// `resnet-mnist <args>` on the data in `data`, loading libraries from `path` only.
@@ -47,8 +49,7 @@ fn accuracy_line(stdout: &str) -> &str {
 fn train_on_the_fake_gpu_prints_what_the_cpu_prints() {
     let data = tiny_data();
     let runs = tempfile::tempdir().unwrap();
-    let mut path = vec![fake("driver"), fake("cublas")];
-    path.extend(inherited());
+    let path = fake_path();
     let train = |device: &str| {
         let out = runs.path().join(device);
         let args = ["train", "--device", device, "--epochs", "1", "--batch-size", "32", "--quiet", "--out"];
@@ -65,18 +66,13 @@ fn train_on_the_fake_gpu_prints_what_the_cpu_prints() {
 
 /// Each start-up failure, how it is made, and what the message says of it.
 fn faults() -> Vec<(&'static str, Vec<String>, Option<&'static str>, &'static str)> {
-    let both = || {
-        let mut path = vec![fake("driver"), fake("cublas")];
-        path.extend(inherited());
-        path
-    };
     vec![
-        ("no device", both(), Some("no-device"), "no CUDA device found"),
-        ("no device counted", both(), Some("zero-devices"), "no CUDA device found"),
-        ("out of memory", both(), Some("oom"), "CUDA driver: CUDA_ERROR_OUT_OF_MEMORY (out of memory)"),
+        ("no device", fake_path(), Some("no-device"), "no CUDA device found"),
+        ("no device counted", fake_path(), Some("zero-devices"), "no CUDA device found"),
+        ("out of memory", fake_path(), Some("oom"), "CUDA driver: CUDA_ERROR_OUT_OF_MEMORY (out of memory)"),
         (
             "a kernel fails",
-            both(),
+            fake_path(),
             Some("launch-failure"),
             "CUDA driver: CUDA_ERROR_LAUNCH_FAILED (unspecified launch failure)",
         ),
@@ -118,8 +114,7 @@ fn start_up_failures_fall_back_on_auto_and_stop_on_cuda() {
 #[test]
 fn refused_ptx_is_recompiled_with_nvrtc() {
     let data = tiny_data();
-    let mut path = vec![fake("driver"), fake("cublas")];
-    path.extend(inherited());
+    let path = fake_path();
     let args =
         ["bench", "--device", "cuda", "--steps", "1", "--batch-size", "8", "--eval-batch", "8", "--repeats", "1"];
     let (ok, stdout, stderr) = run(&path, Some("unsupported-ptx"), data.path(), &args);
@@ -135,8 +130,7 @@ fn refused_ptx_is_recompiled_with_nvrtc() {
 fn a_gpu_failing_mid_run_stops_cleanly_and_the_run_resumes() {
     let data = tiny_data();
     let runs = tempfile::tempdir().unwrap();
-    let mut path = vec![fake("driver"), fake("cublas")];
-    path.extend(inherited());
+    let path = fake_path();
     let train = |device: &str, dir: &Path, fault: Option<&str>, resume: bool| {
         let dir = dir.to_str().unwrap();
         let args = ["train", "--device", device, "--epochs", "3", "--batch-size", "32", "--quiet"];
