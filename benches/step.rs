@@ -9,7 +9,8 @@ use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::IMAGE_PIXELS;
 use resnet_mnist::model::{Model, Net};
-use resnet_mnist::train::{Recipe, EVAL_BATCH};
+use resnet_mnist::recipe::{Preset, Recipe};
+use resnet_mnist::train::EVAL_BATCH;
 
 fn model(backend: CpuBackend, capacity: usize) -> Model<CpuBackend> {
     let net = Net::new();
@@ -23,6 +24,7 @@ fn model(backend: CpuBackend, capacity: usize) -> Model<CpuBackend> {
 
 fn step(c: &mut Criterion) {
     let recipe = Recipe::default();
+    let fast = Recipe::preset(Preset::Fast);
     let mut group = c.benchmark_group("network");
     group.throughput(Throughput::Elements(recipe.batch_size as u64));
     let backend = || CpuBackend::new(0).expect("thread pool");
@@ -30,9 +32,14 @@ fn step(c: &mut Criterion) {
     for (name, backend) in [("train_step", backend()), ("train_step_portable", backend().with_portable_kernels())] {
         let mut train = model(backend, recipe.batch_size);
         group.bench_function(BenchmarkId::new(name, recipe.batch_size), |b| {
-            b.iter(|| train.train_step(recipe.batch_size, recipe.lr, recipe.momentum))
+            b.iter(|| train.train_step(recipe.batch_size, &recipe, 1))
         });
     }
+    // The `fast` recipe's step at the reference batch size: AdamW and label smoothing.
+    let mut train = model(backend(), recipe.batch_size);
+    group.bench_function(BenchmarkId::new("train_step_adamw", recipe.batch_size), |b| {
+        b.iter(|| train.train_step(recipe.batch_size, &fast, 1 << 20))
+    });
     let mut eval = model(backend(), EVAL_BATCH);
     group.throughput(Throughput::Elements(EVAL_BATCH as u64));
     group.bench_function(BenchmarkId::new("eval_batch", EVAL_BATCH), |b| {

@@ -1,4 +1,4 @@
-// Element-wise ops: the residual joins, ReLU backward, scaling, and the SGD update.
+// Element-wise ops: the residual joins, ReLU backward and scaling.
 #include "common.cuh"
 
 // y = alpha*a + beta*y, then ReLU when relu: the residual joins (fused, so the sum is never
@@ -26,17 +26,5 @@ extern "C" __global__ void relu_backward(const float* __restrict__ y, float* __r
                                          unsigned int n) {
     for (unsigned int i = global_index(); i < n; i += grid_stride()) {
         if (!(y[i] > 0.0f)) dy[i] = 0.0f;
-    }
-}
-
-// SGD with momentum over the flat parameter buffer, one launch for every layer (PyTorch
-// semantics: the first step sets buf = g).
-extern "C" __global__ void sgd_momentum(float* __restrict__ params, const float* __restrict__ grads,
-                                        float* __restrict__ momentum, unsigned int n, float lr,
-                                        float mu, int first) {
-    for (unsigned int i = global_index(); i < n; i += grid_stride()) {
-        const float m = first ? grads[i] : mu * momentum[i] + grads[i];
-        momentum[i] = m;
-        params[i] -= lr * m;
     }
 }

@@ -2,13 +2,16 @@
 #include "common.cuh"
 
 // One thread per example: the class count is small (10), so a row fits in registers.
-// Writes d(mean loss)/d(logits) = (softmax - onehot)/batch, then adds the block's loss sum
+// The target is smoothed as CrossEntropyLoss(label_smoothing) smooths it, (1 - e) * onehot
+// + e / classes; e = 0 adds only exact zeros. Writes d(mean loss)/d(logits) =
+// (softmax - target)/batch (the CPU backend's formula, term by term), then adds the block's loss sum
 // and correct count to the device-side stats with one atomic each, so reading the running
 // loss costs a copy only when it is printed. Launch with a block size that is a multiple of 32.
 extern "C" __global__ void softmax_xent(const float* __restrict__ logits,
                                         const unsigned int* __restrict__ labels,
                                         float* __restrict__ dlogits, unsigned int batch,
-                                        unsigned int classes, double* __restrict__ loss_sum,
+                                        unsigned int classes, float smoothing,
+                                        double* __restrict__ loss_sum,
                                         unsigned long long* __restrict__ correct) {
     __shared__ float warp_losses[WARP_SIZE];
     const unsigned int row = global_index();
@@ -28,9 +31,15 @@ extern "C" __global__ void softmax_xent(const float* __restrict__ logits,
         }
         float sum = 0.0f;
         for (unsigned int c = 0; c < classes; ++c) sum += expf(z[c] - max);
-        for (unsigned int c = 0; c < classes; ++c) dz[c] = expf(z[c] - max) / sum / (float)batch;
-        dz[label] -= 1.0f / (float)batch;
-        loss = max + logf(sum) - z[label];
+        const float spread = smoothing / (float)classes;
+        for (unsigned int c = 0; c < classes; ++c) {
+            dz[c] = expf(z[c] - max) / sum / (float)batch - spread / (float)batch;
+        }
+        dz[label] -= (1.0f - smoothing) / (float)batch;
+        const float nll = max + logf(sum) - z[label];
+        float uniform = 0.0f;
+        for (unsigned int c = 0; c < classes; ++c) uniform += max + logf(sum) - z[c];
+        loss = (1.0f - smoothing) * nll + spread * uniform;
         hit = arg == label;
     }
     // Every thread takes part in the reductions, including those past the batch.

@@ -2,6 +2,7 @@
 //! backward passes over a backend trait of ops (CPU now, CUDA behind the `cuda` feature).
 
 pub mod atomic;
+pub mod augment;
 pub mod backend;
 pub mod checkpoint;
 pub mod compare;
@@ -11,5 +12,6 @@ pub mod inference;
 pub mod lock;
 pub mod model;
 pub mod plot;
+pub mod recipe;
 pub mod session;
 pub mod train;

@@ -18,7 +18,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats, StepKey};
+use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, Stats, StepKey, StepScalars, Update};
+use crate::recipe::Recipe;
 pub use crate::data::{CLASSES, IMAGE_SIDE};
 
 /// One named parameter tensor inside the flat buffer.
@@ -494,14 +495,16 @@ impl Net {
         2 * (3 * self.forward_macs() - input_grad)
     }
 
-    /// Computes logits for the batch in `ws.x` and adds its loss and accuracy to `stats`;
-    /// leaves the gradient of the mean loss in `ws.d_logits`.
+    /// Computes logits for the batch in `ws.x` and adds its loss (against labels smoothed by
+    /// `smoothing`) and accuracy to `stats`; leaves the gradient of the mean loss in
+    /// `ws.d_logits`.
     pub fn forward<B: Backend>(
         &self,
         b: &B,
         params: &B::Buf,
         ws: &mut Workspace<B>,
         batch: usize,
+        smoothing: f32,
         stats: &mut B::StatsBuf,
     ) {
         assert!(batch <= ws.capacity, "batch {batch} exceeds workspace capacity {}", ws.capacity);
@@ -512,7 +515,7 @@ impl Net {
         b.maxpool_forward(&Self::pool(&self.conv2, batch), &ws.c2, &mut ws.p2, &mut ws.argmax2);
         self.stage2.forward(b, batch, params, &ws.p2, &mut ws.stage2);
         b.linear_forward(&self.fc.shape(batch), ws.stage2.out(), params, self.fc.slot, &mut ws.logits);
-        b.softmax_cross_entropy(batch, CLASSES, &ws.logits, &ws.labels, &mut ws.d_logits, stats);
+        b.softmax_cross_entropy(batch, CLASSES, smoothing, &ws.logits, &ws.labels, &mut ws.d_logits, stats);
     }
 
     /// Writes every parameter's gradient into `grads`, from the activations `forward` left.
@@ -651,18 +654,31 @@ impl<B: Backend> Workspace<B> {
     }
 }
 
-/// Parameters with their gradients and momentum, each one flat buffer.
+/// Parameters with their gradients and optimizer state, each one flat buffer.
 pub struct ParamState<B: Backend> {
     pub values: B::Buf,
     pub grads: B::Buf,
+    /// SGD's momentum buffer, or Adam's first moment.
     pub momentum: B::Buf,
-    /// Optimizer steps taken: PyTorch's momentum starts from the first gradient.
+    /// Adam's second moment, allocated at Adam's first step.
+    pub second_moment: Option<B::Buf>,
+    /// The [`StepScalars`] of the step in flight.
+    pub scalars: B::Buf,
+    /// Optimizer steps taken: PyTorch's momentum starts from the first gradient, and a
+    /// schedule and Adam's bias corrections go by this count.
     pub steps: u64,
 }
 
 impl<B: Backend> ParamState<B> {
     pub fn new(b: &B, values: &[f32]) -> Self {
-        ParamState { values: b.upload(values), grads: b.zeros(values.len()), momentum: b.zeros(values.len()), steps: 0 }
+        ParamState {
+            values: b.upload(values),
+            grads: b.zeros(values.len()),
+            momentum: b.zeros(values.len()),
+            second_moment: None,
+            scalars: b.zeros(StepScalars::LEN),
+            steps: 0,
+        }
     }
 }
 
@@ -690,14 +706,24 @@ impl<B: Backend> Model<B> {
         Model::new(backend, net, &params, capacity)
     }
 
-    /// One SGD step on the batch already gathered into the workspace.
-    pub fn train_step(&mut self, batch: usize, lr: f32, momentum: f32) {
-        let step = SgdStep { lr, momentum, first: self.state.steps == 0 };
+    /// One optimizer step of `recipe` on the batch already gathered into the workspace, in a
+    /// run of `total_steps` steps (the length a schedule spans).
+    pub fn train_step(&mut self, batch: usize, recipe: &Recipe, total_steps: u64) {
+        let (update, smoothing) = (recipe.update(), recipe.label_smoothing);
         let Model { backend, net, state, ws, stats } = self;
-        backend.run_step(StepKey::new(batch, step), &mut |b| {
-            net.forward(b, &state.values, ws, batch, stats);
+        backend.write(&mut state.scalars, &recipe.step_scalars(state.steps, total_steps).to_array());
+        if matches!(update, Update::Adam(_)) && state.second_moment.is_none() {
+            state.second_moment = Some(backend.zeros(net.layout.total));
+        }
+        backend.run_step(StepKey::new(batch, update, smoothing), &mut |b| {
+            net.forward(b, &state.values, ws, batch, smoothing, stats);
             net.backward(b, &state.values, &mut state.grads, ws, batch);
-            b.sgd_step(step, &mut state.values, &state.grads, &mut state.momentum);
+            let ParamState { values, grads, momentum, second_moment, scalars, .. } = state;
+            match (update, second_moment) {
+                (Update::Sgd(u), _) => b.sgd_step(u, scalars, values, grads, momentum),
+                (Update::Adam(u), Some(v)) => b.adam_step(u, scalars, values, grads, momentum, v),
+                (Update::Adam(_), None) => unreachable!("allocated above"),
+            }
         });
         self.state.steps += 1;
     }
@@ -707,7 +733,7 @@ impl<B: Backend> Model<B> {
         let Model { backend, net, state, ws, stats } = self;
         // Borrowed uniquely, so that the closure is `Send` without buffers being `Sync`.
         let values = &mut state.values;
-        backend.run(&mut move |b| net.forward(b, values, ws, batch, stats));
+        backend.run(&mut move |b| net.forward(b, values, ws, batch, 0.0, stats));
     }
 
     /// The backend, for a next model; this one's buffers are freed, and the steps the backend

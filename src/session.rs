@@ -3,7 +3,9 @@
 //!
 //! Resuming is exact because nothing random is carried between epochs: the weights come from
 //! the seed, and each epoch's shuffle from the seed and the epoch number (see
-//! [`epoch_order`]). So the state is the parameters, momentum, step count and position.
+//! [`epoch_order`]), each example's augmentation from the seed, the epoch and the example,
+//! and a schedule's position from the step count. So the state is the parameters, the
+//! optimizer's moments, the step count and the position.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic;
-use crate::backend::{Backend, DeviceFailure};
+use crate::backend::{Backend, DeviceFailure, Update};
 use crate::checkpoint::{self, CheckpointError, CheckpointFile};
 use crate::lock::{DirLock, LockError};
 use crate::model::{Arch, Layout, Model, Net};
@@ -52,7 +54,8 @@ pub struct TrainState {
     /// 0-based epoch in progress.
     pub epoch: usize,
     pub progress: EpochProgress,
-    /// Optimizer steps taken, so momentum restarts exactly as it left off.
+    /// Optimizer steps taken, so momentum, Adam's bias corrections and the schedule go on
+    /// exactly as they left off.
     pub steps: u64,
     /// Training seconds already spent in the epoch in progress.
     pub seconds: f64,
@@ -66,8 +69,29 @@ pub struct Saved {
     pub session: Session,
     pub net: Net,
     pub params: Vec<f32>,
+    /// SGD's momentum buffer, or Adam's first moment.
     pub momentum: Vec<f32>,
+    /// Adam's second moment, once Adam has stepped.
+    pub second_moment: Option<Vec<f32>>,
 }
+
+impl Saved {
+    /// The run's model on `backend`, with a workspace of `capacity` images, its optimizer
+    /// state and step count restored.
+    pub fn into_model<B: Backend>(self, backend: B, capacity: usize) -> (Session, Model<B>) {
+        let Saved { session, net, params, momentum, second_moment } = self;
+        let mut model = Model::new(backend, net, &params, capacity);
+        model.state.momentum = model.backend.upload(&momentum);
+        model.state.second_moment = second_moment.map(|v| model.backend.upload(&v));
+        model.state.steps = session.state.steps;
+        (session, model)
+    }
+}
+
+/// The tensor-name prefixes of the state file's groups.
+const PARAM: &str = "param.";
+const MOMENTUM: &str = "momentum.";
+const SECOND_MOMENT: &str = "second_moment.";
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +156,7 @@ impl Session {
         SessionError::Device { failure, kept: self.kept() }
     }
 
-    /// The run saved in `dir`: its network, parameters and momentum, ready to upload.
+    /// The run saved in `dir`: its network, parameters and optimizer moments, ready to upload.
     pub fn resume(dir: &Path) -> Result<Saved, SessionError> {
         let path = dir.join(STATE);
         // No run there (a missing or bad state) is an error before anything is created or
@@ -143,9 +167,13 @@ impl Session {
         let json: String = file.meta("state")?.ok_or_else(|| metadata_error(&path, "missing"))?;
         let state: TrainState = serde_json::from_str(&json).map_err(|e| metadata_error(&path, &e.to_string()))?;
         let net = Net::build(state.arch);
-        let mut params = file.read(&net.layout, &["param.", "momentum."])?;
+        let adam_stepped = state.steps > 0 && matches!(state.recipe.update(), Update::Adam(_));
+        let groups: &[&str] = if adam_stepped { &[PARAM, MOMENTUM, SECOND_MOMENT] } else { &[PARAM, MOMENTUM] };
+        let mut params = file.read(&net.layout, groups)?;
+        let second_moment = adam_stepped.then(|| params.split_off(2 * net.layout.total));
         let momentum = params.split_off(net.layout.total);
-        Ok(Saved { session: Session { dir: dir.into(), state, save_every: None, _lock: lock }, net, params, momentum })
+        let session = Session { dir: dir.into(), state, save_every: None, _lock: lock };
+        Ok(Saved { session, net, params, momentum, second_moment })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -156,7 +184,9 @@ impl Session {
         let state = serde_json::to_string(&self.state).expect("the state serializes");
         let metadata = HashMap::from([("state".to_string(), state)]);
         let (params, momentum) = (model.params(), model.backend.download(&model.state.momentum));
-        let groups = [("param.", params.as_slice()), ("momentum.", momentum.as_slice())];
+        let second = model.state.second_moment.as_ref().map(|v| model.backend.download(v));
+        let mut groups = vec![(PARAM, params.as_slice()), (MOMENTUM, momentum.as_slice())];
+        groups.extend(second.as_deref().map(|v| (SECOND_MOMENT, v)));
         checkpoint::save(&self.path(STATE), &model.net.layout, &groups, metadata)?;
         Ok(())
     }
@@ -222,13 +252,6 @@ pub fn grad_norms_csv(layout: &Layout, records: &[GradNorms]) -> String {
         csv += &format!("{},{},{}\n", r.step, r.epoch, norms.join(","));
     }
     csv
-}
-
-/// Puts the saved momentum and step count of a resumed run into a model built from its
-/// saved parameters.
-pub fn restore_optimizer<B: Backend>(model: &mut Model<B>, state: &TrainState, momentum: &[f32]) {
-    model.state.momentum = model.backend.upload(momentum);
-    model.state.steps = state.steps;
 }
 
 /// Trains from wherever `session` stands to the end of the recipe, saving after every epoch,

@@ -1,4 +1,4 @@
-//! The training loop: shuffled mini-batches, SGD steps, a test pass after every epoch. The
+//! The training loop: shuffled (and optionally augmented) mini-batches, optimizer steps, a test pass after every epoch. The
 //! loop over epochs, with checkpoints and resuming, is [`crate::session::run`].
 
 use std::time::Instant;
@@ -12,36 +12,7 @@ use crate::backend::Backend;
 use crate::data::Split;
 use crate::model::Model;
 
-/// The optimization recipe, and what is recorded along the way; the defaults are the
-/// reference tutorial's.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Recipe {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f32,
-    pub momentum: f32,
-    pub seed: u64,
-    /// Record every parameter tensor's gradient norm after every this many steps (0: never).
-    #[serde(default)]
-    pub grad_norm_every: usize,
-}
-
-impl Default for Recipe {
-    fn default() -> Self {
-        Recipe { epochs: 20, batch_size: 64, lr: 0.01, momentum: 0.5, seed: 0, grad_norm_every: 0 }
-    }
-}
-
-impl std::fmt::Display for Recipe {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Recipe { epochs, batch_size, lr, momentum, seed, grad_norm_every } = self;
-        write!(f, "{epochs} epochs, batch {batch_size}, lr {lr}, momentum {momentum}, seed {seed}")?;
-        match grad_norm_every {
-            0 => Ok(()),
-            k => write!(f, ", gradient norms every {k} steps"),
-        }
-    }
-}
+pub use crate::recipe::Recipe;
 
 /// The epoch with the best test accuracy; the earliest of equals, so that a later tie never
 /// replaces a saved best checkpoint.
@@ -162,7 +133,7 @@ pub fn batches_per_epoch(len: usize, batch_size: usize) -> usize {
     len.div_ceil(batch_size)
 }
 
-/// Runs one epoch of SGD over `train` in the given order, from batch `from.batches` on, until
+/// Runs one epoch of the recipe's optimizer over `train` in the given order, from batch `from.batches` on, until
 /// the epoch ends, batch `until` is done, or `stop()` turns true between steps; returns where
 /// the epoch then stands,
 /// or [`Diverged`] as soon as a loss report (every [`LOG_EVERY`] batches, and the epoch's
@@ -182,12 +153,15 @@ pub fn train_epoch<B: Backend>(
     let mut progress = from;
     let mut window = progress.window_images;
     let total = batches_per_epoch(train.len, recipe.batch_size);
+    let total_steps = (recipe.epochs * total) as u64;
+    let augment = recipe.augmentation(epoch - 1);
     // A failed device (see `Backend::failure`) ends the epoch: its steps would do nothing.
     while progress.batches < until.min(total) && !stop() && model.backend.failure().is_ok() {
         let start = progress.batches * recipe.batch_size;
         let batch = recipe.batch_size.min(train.len - start);
-        model.backend.gather(&train.data, order, start, batch, &mut model.ws.x, &mut model.ws.labels);
-        model.train_step(batch, recipe.lr, recipe.momentum);
+        let ws = &mut model.ws;
+        model.backend.gather(&train.data, order, start, batch, &mut ws.x, &mut ws.labels, augment.as_ref());
+        model.train_step(batch, recipe, total_steps);
         if recipe.grad_norm_every > 0 && model.state.steps.is_multiple_of(recipe.grad_norm_every as u64) {
             on_event(Event::GradNorms(&GradNorms { step: model.state.steps, epoch, norms: model.grad_norms() }));
         }
@@ -240,7 +214,7 @@ pub fn evaluate_with<B: Backend>(
     let batch_size = model.ws.capacity;
     for start in (0..split.len).step_by(batch_size) {
         let batch = batch_size.min(split.len - start);
-        model.backend.gather(&split.data, &split.in_order, start, batch, &mut model.ws.x, &mut model.ws.labels);
+        model.backend.gather(&split.data, &split.in_order, start, batch, &mut model.ws.x, &mut model.ws.labels, None);
         model.eval_batch(batch);
         on_batch(model, batch);
     }

@@ -86,6 +86,7 @@ fn conv2d_matches_cpu() {
 fn maxpool_and_elementwise_match_cpu() {
     let Some(g) = gpu(false) else { return };
     ops::maxpool_and_elementwise_match_cpu(&g);
+    ops::optimizers_match_cpu(&g);
 }
 
 #[test]
@@ -115,6 +116,7 @@ fn training_steps_match_cpu_with_and_without_graphs() {
     ops::training_steps_match_cpu_with_and_without_graphs(&open);
     ops::every_block_variant_trains_like_cpu(&open);
     ops::a_reused_backend_forgets_the_graphs_of_the_last_model(&open);
+    ops::a_one_cycle_adamw_run_captures_one_graph(&open);
 }
 
 #[test]
@@ -226,8 +228,8 @@ fn train_steps<B: Backend>(backend: B, arch: Arch, images: &[u8], labels: &[u8])
     let data = m.backend.upload_data(images, labels);
     let order = m.backend.upload_idx(&(0..labels.len() as u32).collect::<Vec<_>>());
     for (step, batch) in [64, 64, 64, 64, 44].into_iter().enumerate() {
-        m.backend.gather(&data, &order, step * 64, batch, &mut m.ws.x, &mut m.ws.labels);
-        m.train_step(batch, 0.01, 0.5);
+        m.backend.gather(&data, &order, step * 64, batch, &mut m.ws.x, &mut m.ws.labels, None);
+        m.train_step(batch, &Recipe::REFERENCE, 5);
     }
     m.params()
 }

@@ -11,6 +11,7 @@ use resnet_mnist::backend::cuda::emu::EmuDevice;
 use resnet_mnist::backend::cuda::CudaBackend;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::model::{Model, Net};
+use resnet_mnist::recipe::Recipe;
 
 fn emulated(graphs: bool) -> CudaBackend<EmuDevice> {
     CudaBackend::new(EmuDevice::new(), graphs)
@@ -29,6 +30,16 @@ fn conv2d_backward_params_splits_long_reductions() {
 #[test]
 fn maxpool_and_elementwise_match_cpu() {
     ops::maxpool_and_elementwise_match_cpu(&emulated(false));
+}
+
+#[test]
+fn optimizers_match_cpu() {
+    ops::optimizers_match_cpu(&emulated(false));
+}
+
+#[test]
+fn a_one_cycle_adamw_run_captures_one_graph() {
+    ops::a_one_cycle_adamw_run_captures_one_graph(&emulated);
 }
 
 #[test]
@@ -77,9 +88,9 @@ fn a_reference_training_step_queues_39_kernels_and_3_sgemms() {
     let data = ops::tiny_dataset(&mut ChaCha8Rng::seed_from_u64(1), 4);
     let data = model.backend.upload_data(&data.0, &data.1);
     let order = model.backend.upload_idx(&[0, 1, 2, 3]);
-    model.backend.gather(&data, &order, 0, 4, &mut model.ws.x, &mut model.ws.labels);
+    model.backend.gather(&data, &order, 0, 4, &mut model.ws.x, &mut model.ws.labels, None);
     let before = model.backend.device().queued();
-    model.train_step(4, 0.01, 0.5);
+    model.train_step(4, &Recipe::REFERENCE, 1);
     let after = model.backend.device().queued();
     let step = (after.kernels - before.kernels, after.sgemms - before.sgemms);
     assert_eq!(step, (39, 3), "(kernels, sgemms) of one step");

@@ -277,15 +277,17 @@ fn softmax_cross_entropy_gradient_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (batch, labels) = (4, vec![3u32, 0, 9, 9]);
     let logits: Vec<f32> = random(&mut rng, batch * CLASSES).iter().map(|v| 4.0 * v).collect();
-    let loss = |z: &[f32]| {
-        let (mut dz, mut stats) = (b.zeros(z.len()), b.new_stats());
-        b.softmax_cross_entropy(batch, CLASSES, &z.to_vec(), &labels, &mut dz, &mut stats);
-        b.take_stats(&mut stats).loss_sum / batch as f64
-    };
-    let (mut dz, mut stats) = (b.zeros(logits.len()), b.new_stats());
-    b.softmax_cross_entropy(batch, CLASSES, &logits, &labels, &mut dz, &mut stats);
-    let v = random(&mut rng, logits.len());
-    assert_directional("softmax xent", &logits, &v, dot(&dz, &v), 1e-2, loss);
+    for smoothing in [0.0, 0.1, 0.6] {
+        let loss = |z: &[f32]| {
+            let (mut dz, mut stats) = (b.zeros(z.len()), b.new_stats());
+            b.softmax_cross_entropy(batch, CLASSES, smoothing, &z.to_vec(), &labels, &mut dz, &mut stats);
+            b.take_stats(&mut stats).loss_sum / batch as f64
+        };
+        let (mut dz, mut stats) = (b.zeros(logits.len()), b.new_stats());
+        b.softmax_cross_entropy(batch, CLASSES, smoothing, &logits, &labels, &mut dz, &mut stats);
+        let v = random(&mut rng, logits.len());
+        assert_directional(&format!("softmax xent, smoothing {smoothing}"), &logits, &v, dot(&dz, &v), 1e-2, loss);
+    }
 }
 
 /// The whole network, tensor by tensor: the `f32` backward against central differences of

@@ -1,12 +1,17 @@
 //! Parity with PyTorch on the same weights: logits, loss, every gradient and the parameters
 //! and momentum after two SGD steps, from `tests/fixtures/reference.safetensors`
-//! (written by `scripts/make_reference.py`); and every block variant's logits, loss and
-//! gradients, from `tests/fixtures/variants.safetensors` (`scripts/make_variant_reference.py`).
+//! (written by `scripts/make_reference.py`); every block variant's logits, loss and
+//! gradients, from `tests/fixtures/variants.safetensors` (`scripts/make_variant_reference.py`);
+//! and the recipes' parts, from `tests/fixtures/recipes.safetensors`
+//! (`scripts/make_recipe_reference.py`): each optimizer under OneCycleLR with label
+//! smoothing, the smoothed loss alone, and the augmentation's resampling against torchvision.
 
 use clap::ValueEnum;
 use resnet_mnist::backend::cpu::{CpuBackend, PIXEL_MEAN, PIXEL_STD};
+use resnet_mnist::augment::{self, Affine};
 use resnet_mnist::backend::Backend;
-use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
+use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES, IMAGE_SIDE};
+use resnet_mnist::recipe::{OptimizerKind, Recipe, ScheduleKind};
 use safetensors::{Dtype, SafeTensors};
 
 mod common;
@@ -29,6 +34,20 @@ impl Fixture {
         let t = tensors.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
         assert_eq!(t.dtype(), Dtype::F32, "{key}");
         t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    fn bytes(&self, key: &str) -> Vec<u8> {
+        let tensors = self.tensors();
+        let t = tensors.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(t.dtype(), Dtype::U8, "{key}");
+        t.data().to_vec()
+    }
+
+    fn f64(&self, key: &str) -> Vec<f64> {
+        let tensors = self.tensors();
+        let t = tensors.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(t.dtype(), Dtype::F64, "{key}");
+        t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
     }
 
     fn labels(&self, key: &str) -> Vec<u32> {
@@ -91,13 +110,64 @@ fn two_sgd_steps_match_pytorch() {
     let mut model = model(&fixture);
     for name in ["batch0", "batch1"] {
         let batch = load_batch(&mut model, &fixture, name);
-        model.train_step(batch, 0.01, 0.5);
+        model.train_step(batch, &Recipe::REFERENCE, 2);
     }
     let (params, momentum) = (fixture.flat(&model.net, "step2"), fixture.flat(&model.net, "step2.momentum"));
     let ours_momentum = model.backend.download(&model.state.momentum);
     for t in &model.net.layout.tensors {
         assert_close(&format!("step2.{}", t.name), &model.params()[t.range()], &params[t.range()]);
         assert_close(&format!("step2.momentum.{}", t.name), &ours_momentum[t.range()], &momentum[t.range()]);
+    }
+}
+
+/// Four steps (batch0, batch1, batch0, batch1) of each optimizer under OneCycleLR over 6
+/// steps, with label smoothing 0.1, as `torch.optim` and `lr_scheduler.OneCycleLR` take them.
+#[test]
+fn every_optimizer_under_one_cycle_with_label_smoothing_matches_pytorch() {
+    let (reference, recipes) = (Fixture::load("reference.safetensors"), Fixture::load("recipes.safetensors"));
+    let base = Recipe { schedule: ScheduleKind::Onecycle, label_smoothing: 0.1, weight_decay: 1e-2, ..Recipe::REFERENCE };
+    for (name, recipe) in [
+        ("sgd", Recipe { lr: 0.05, momentum: 0.9, nesterov: true, ..base }),
+        ("adam", Recipe { optimizer: OptimizerKind::Adam, lr: 3e-3, ..base }),
+        ("adamw", Recipe { optimizer: OptimizerKind::Adamw, lr: 4e-3, ..base }),
+    ] {
+        let mut model = model(&reference);
+        for batch in ["batch0", "batch1", "batch0", "batch1"] {
+            let batch = load_batch(&mut model, &reference, batch);
+            model.train_step(batch, &recipe, 6);
+        }
+        let theirs = recipes.flat(&model.net, &format!("{name}.step4"));
+        let ours = model.params();
+        for t in &model.net.layout.tensors {
+            assert_close(&format!("{name} step 4 {}", t.name), &ours[t.range()], &theirs[t.range()]);
+        }
+    }
+}
+
+#[test]
+fn label_smoothing_matches_pytorch() {
+    let fixture = Fixture::load("recipes.safetensors");
+    let (logits, labels) = (fixture.f32("smoothing.logits"), fixture.labels("smoothing.labels"));
+    let b = CpuBackend::new(1).unwrap();
+    let (mut grad, mut stats) = (vec![0.0; logits.len()], b.new_stats());
+    b.softmax_cross_entropy(labels.len(), CLASSES, 0.1, &logits, &labels, &mut grad, &mut stats);
+    let loss = (b.take_stats(&mut stats).loss_sum / labels.len() as f64) as f32;
+    assert_close("smoothed loss", &[loss], &fixture.f32("smoothing.loss"));
+    assert_close("smoothed loss gradient", &grad, &fixture.f32("smoothing.grad"));
+}
+
+/// The resampling, given the transform's parameters, against
+/// `torchvision.transforms.v2.functional.affine` on the image / 255.
+#[test]
+fn affine_resampling_matches_torchvision() {
+    let fixture = Fixture::load("recipes.safetensors");
+    let (images, params, theirs) = (fixture.bytes("affine.images"), fixture.f64("affine.params"), fixture.f32("affine.out"));
+    let pixels = IMAGE_SIDE * IMAGE_SIDE;
+    for (i, p) in params.chunks_exact(4).enumerate() {
+        let transform = Affine { angle: p[0], translate: [p[1], p[2]], scale: p[3] };
+        let mut ours = vec![0.0; pixels];
+        augment::resample(&transform.inverse(), &images[i * pixels..][..pixels], IMAGE_SIDE, &mut ours);
+        assert_close(&format!("{transform:?}"), &ours, &theirs[i * pixels..][..pixels]);
     }
 }
 

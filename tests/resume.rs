@@ -8,10 +8,22 @@ use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::checkpoint;
 use resnet_mnist::data::{Split, IMAGE_PIXELS};
 use resnet_mnist::model::{Arch, BlockKind, Model, Net};
-use resnet_mnist::session::{self, Outcome, Saved, Session, TrainState, BEST, GRAD_NORMS, LAST, METRICS};
+use resnet_mnist::recipe::{AugmentKind, OptimizerKind, ScheduleKind};
+use resnet_mnist::session::{self, Outcome, Session, TrainState, BEST, GRAD_NORMS, LAST, METRICS};
 use resnet_mnist::train::{DeviceSplit, Evaluation, Recipe};
 
-const RECIPE: Recipe = Recipe { epochs: 2, batch_size: 32, lr: 0.05, momentum: 0.5, seed: 3, grad_norm_every: 2 };
+const RECIPE: Recipe =
+    Recipe { epochs: 2, batch_size: 32, lr: 0.05, momentum: 0.5, seed: 3, grad_norm_every: 2, ..Recipe::REFERENCE };
+/// Every part of the `best` recipe: AdamW, one-cycle, label smoothing, affine augmentation.
+const BEST_PARTS: Recipe = Recipe {
+    optimizer: OptimizerKind::Adamw,
+    lr: 3e-3,
+    weight_decay: 1e-4,
+    schedule: ScheduleKind::Onecycle,
+    label_smoothing: 0.1,
+    augment: AugmentKind::Affine,
+    ..RECIPE
+};
 /// Not the reference network, so that resuming has to rebuild it from the saved state.
 const ARCH: Arch = Arch { block: BlockKind::Preact, depth: 2 };
 
@@ -34,17 +46,20 @@ fn synthetic(len: usize, salt: u64) -> Split {
 
 /// Runs from wherever `dir` stands (fresh if empty), stopping once `stop_after` steps ran.
 fn run(dir: &Path, resume: bool, stop_after: usize) -> (Outcome, TrainState, Vec<f32>) {
+    run_recipe(dir, RECIPE, resume, stop_after)
+}
+
+/// [`run`] with `recipe`.
+fn run_recipe(dir: &Path, recipe: Recipe, resume: bool, stop_after: usize) -> (Outcome, TrainState, Vec<f32>) {
     let (train, test) = (synthetic(160, 1), synthetic(50, 2));
     let (mut session, mut model) = if resume {
-        let Saved { session, net, params, momentum } = Session::resume(dir).unwrap();
-        assert_eq!(net.arch, ARCH);
-        let mut model = Model::new(CpuBackend::new(2).unwrap(), net, &params, 64);
-        session::restore_optimizer(&mut model, &session.state, &momentum);
-        (session, model)
+        let saved = Session::resume(dir).unwrap();
+        assert_eq!((saved.net.arch, saved.session.state.recipe), (ARCH, recipe));
+        saved.into_model(CpuBackend::new(2).unwrap(), 64)
     } else {
         let net = Net::build(ARCH);
-        let params = net.layout.init(RECIPE.seed);
-        (Session::create(dir, RECIPE, ARCH).unwrap(), Model::new(CpuBackend::new(2).unwrap(), net, &params, 64))
+        let params = net.layout.init(recipe.seed);
+        (Session::create(dir, recipe, ARCH).unwrap(), Model::new(CpuBackend::new(2).unwrap(), net, &params, 64))
     };
     let (train, test) = (DeviceSplit::new(&model.backend, &train), DeviceSplit::new(&model.backend, &test));
     let calls = Cell::new(0);
@@ -62,12 +77,16 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// Stops after `steps` (5 per epoch), resumes, and compares with a straight run.
 fn assert_resume_matches(steps: usize) {
+    assert_resume_of_recipe_matches(RECIPE, steps);
+}
+
+fn assert_resume_of_recipe_matches(recipe: Recipe, steps: usize) {
     let (straight, interrupted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (outcome, expected, expected_params) = run(straight.path(), false, usize::MAX);
+    let (outcome, expected, expected_params) = run_recipe(straight.path(), recipe, false, usize::MAX);
     assert_eq!(outcome, Outcome::Finished);
-    let (outcome, _, _) = run(interrupted.path(), false, steps);
+    let (outcome, _, _) = run_recipe(interrupted.path(), recipe, false, steps);
     assert_eq!(outcome, Outcome::Stopped { epoch: steps / 5, batch: steps % 5 });
-    let (outcome, resumed, params) = run(interrupted.path(), true, usize::MAX);
+    let (outcome, resumed, params) = run_recipe(interrupted.path(), recipe, true, usize::MAX);
     assert_eq!(outcome, Outcome::Finished);
     assert_eq!(bits(&params), bits(&expected_params), "parameters after resuming at step {steps}");
     assert_eq!(resumed.steps, expected.steps);
@@ -97,6 +116,22 @@ fn resume_mid_epoch_matches_an_uninterrupted_run() {
 #[test]
 fn resume_between_epochs_matches_an_uninterrupted_run() {
     assert_resume_matches(5);
+}
+
+/// Adam's second moment, the schedule's position and the augmentation's draws all come back.
+#[test]
+fn resuming_the_best_recipe_mid_epoch_matches_an_uninterrupted_run() {
+    assert_resume_of_recipe_matches(BEST_PARTS, 7);
+}
+
+/// A checkpoint records the recipe that made it.
+#[test]
+fn checkpoints_record_their_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    run_recipe(dir.path(), BEST_PARTS, false, usize::MAX);
+    let file = checkpoint::CheckpointFile::open(&dir.path().join(LAST)).unwrap();
+    let json: String = file.meta("recipe").unwrap().unwrap();
+    assert_eq!(serde_json::from_str::<Recipe>(&json).unwrap(), BEST_PARTS);
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! The ops the model is written against. Each backend (CPU here, CUDA behind the `cuda`
 //! feature) implements them over its own storage; tests compare backends op by op.
 //!
-//! Tensors are NCHW `f32`. Parameters, gradients and momentum each live in one flat buffer;
+//! Tensors are NCHW `f32`. Parameters, gradients and optimizer moments each live in one flat buffer;
 //! a layer finds its weight and bias there through a [`ParamSlot`].
+
+use crate::augment::Augmentation;
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -115,29 +117,83 @@ pub struct LinearShape {
     pub outputs: usize,
 }
 
-/// SGD with momentum, PyTorch semantics: the first step sets `buf = g`, later ones
-/// `buf = momentum·buf + g`; then `p -= lr·buf`.
+/// SGD's part of an update that stays the same over a run.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdStep {
+pub struct SgdUpdate {
+    pub nesterov: bool,
+    pub weight_decay: f32,
+}
+
+/// Adam's part of an update that stays the same over a run; `l2` is Adam's weight decay
+/// (added to the gradient), 0 for AdamW, whose decoupled decay is [`StepScalars::decay`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamUpdate {
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub eps: f32,
+    pub l2: f32,
+}
+
+/// The optimizer update of every step of a run, with PyTorch's semantics (see
+/// [`crate::recipe::OptimizerKind`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Update {
+    Sgd(SgdUpdate),
+    Adam(AdamUpdate),
+}
+
+/// What changes from one optimizer step to the next, in a small buffer that the update
+/// reads on the device: so a recorded step replays with the next step's learning rate.
+/// `kernels/optimizer.cu` declares the same struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepScalars {
     pub lr: f32,
+    /// SGD's μ, or Adam's β1.
     pub momentum: f32,
-    pub first: bool,
+    /// SGD: 1 at the first step, whose momentum buffer becomes the gradient.
+    pub first: f32,
+    /// AdamW: `1 − lr·weight_decay`, the decoupled decay; 1 for Adam.
+    pub decay: f32,
+    /// Adam: `1 − β1`, the weight of `m.lerp_(g, 1 − β1)`.
+    pub lerp_weight: f32,
+    /// Adam: `lr / (1 − β1ᵗ)`.
+    pub step_size: f32,
+    /// Adam: `√(1 − β2ᵗ)`.
+    pub bias2_sqrt: f32,
+}
+
+impl StepScalars {
+    pub const LEN: usize = 7;
+
+    pub fn to_array(self) -> [f32; Self::LEN] {
+        let StepScalars { lr, momentum, first, decay, lerp_weight, step_size, bias2_sqrt } = self;
+        [lr, momentum, first, decay, lerp_weight, step_size, bias2_sqrt]
+    }
+
+    pub fn from_slice(s: &[f32]) -> Self {
+        let [lr, momentum, first, decay, lerp_weight, step_size, bias2_sqrt] =
+            s[..Self::LEN].try_into().expect("the scalars buffer holds StepScalars::LEN floats");
+        StepScalars { lr, momentum, first, decay, lerp_weight, step_size, bias2_sqrt }
+    }
 }
 
 /// What identifies a training step's sequence of ops to a backend that records and replays
-/// it: the batch size and the SGD step. Everything else that changes between steps (the
-/// batch itself, parameters, stats) lives in buffers.
+/// it: the batch size, the update and the label smoothing. Everything else that changes
+/// between steps (the batch itself, parameters, the [`StepScalars`]) lives in buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StepKey {
     batch: usize,
-    lr_bits: u32,
-    momentum_bits: u32,
-    first: bool,
+    constants: [u32; 6],
 }
 
 impl StepKey {
-    pub fn new(batch: usize, step: SgdStep) -> Self {
-        StepKey { batch, lr_bits: step.lr.to_bits(), momentum_bits: step.momentum.to_bits(), first: step.first }
+    pub fn new(batch: usize, update: Update, smoothing: f32) -> Self {
+        let constants = match update {
+            Update::Sgd(u) => [0, u.nesterov.into(), u.weight_decay.to_bits(), 0, 0, smoothing.to_bits()],
+            Update::Adam(u) => [1, u.beta2.to_bits(), u.one_minus_beta2.to_bits(), u.eps.to_bits(), u.l2.to_bits(), smoothing.to_bits()],
+        };
+        StepKey { batch, constants }
     }
 }
 
@@ -179,8 +235,13 @@ pub trait Backend {
     /// Reads the accumulated stats and resets them to zero.
     fn take_stats(&self, stats: &mut Self::StatsBuf) -> Stats;
 
+    /// Copies `src` into the start of `dst`.
+    fn write(&self, dst: &mut Self::Buf, src: &[f32]);
+
     /// Gathers examples `order[start..start + count]` into normalized images `x`
-    /// (`(p/255 − mean)/std`) and their labels.
+    /// (`(p/255 − mean)/std`) and their labels; with `augment`, each image is first
+    /// transformed as [`crate::augment`] describes.
+    #[allow(clippy::too_many_arguments)]
     fn gather(
         &self,
         data: &Self::Data,
@@ -189,6 +250,7 @@ pub trait Backend {
         count: usize,
         x: &mut Self::Buf,
         labels: &mut Self::Idx,
+        augment: Option<&Augmentation>,
     );
 
     /// `y = conv(x, W) + b`, then ReLU when `relu`.
@@ -254,20 +316,44 @@ pub trait Backend {
         slot: ParamSlot,
     );
 
-    /// Softmax cross-entropy over `classes` logits per example: writes the gradient of the
-    /// batch-mean loss into `dlogits` and adds the loss sum and correct count to `stats`.
+    /// Softmax cross-entropy over `classes` logits per example, against targets smoothed as
+    /// `CrossEntropyLoss(label_smoothing=smoothing)` smooths them (`(1 − ε)·onehot + ε/classes`):
+    /// writes the gradient of the batch-mean loss into `dlogits` and adds the loss sum and
+    /// correct count to `stats`.
+    #[allow(clippy::too_many_arguments)]
     fn softmax_cross_entropy(
         &self,
         batch: usize,
         classes: usize,
+        smoothing: f32,
         logits: &Self::Buf,
         labels: &Self::Idx,
         dlogits: &mut Self::Buf,
         stats: &mut Self::StatsBuf,
     );
 
-    /// One SGD-with-momentum update over the whole flat parameter buffer.
-    fn sgd_step(&self, step: SgdStep, params: &mut Self::Buf, grads: &Self::Buf, momentum: &mut Self::Buf);
+    /// One SGD update over the whole flat parameter buffer, with the [`StepScalars`] in
+    /// `scalars` (torch.optim.SGD, see [`crate::recipe::OptimizerKind::Sgd`]).
+    fn sgd_step(
+        &self,
+        update: SgdUpdate,
+        scalars: &Self::Buf,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        momentum: &mut Self::Buf,
+    );
+    /// One Adam or AdamW update over the whole flat parameter buffer, with its first and
+    /// second moments `m` and `v` (torch.optim.Adam, see [`crate::recipe::OptimizerKind::Adam`]).
+    #[allow(clippy::too_many_arguments)]
+    fn adam_step(
+        &self,
+        update: AdamUpdate,
+        scalars: &Self::Buf,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    );
 
     /// Runs `ops`, a sequence of this backend's ops (a forward pass, say). The CPU backend
     /// runs them on a thread of its pool, so that each op's parallel loop forks right there

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use resnet_mnist::data::DatasetKind;
 use resnet_mnist::model::{Arch, BlockKind};
-use resnet_mnist::train::{Recipe, EVAL_BATCH};
+use resnet_mnist::recipe::{AugmentKind, OptimizerKind, Preset, Recipe, ScheduleKind};
+use resnet_mnist::train::EVAL_BATCH;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Train and benchmark a small residual CNN on MNIST", args_conflicts_with_subcommands = true)]
@@ -31,8 +32,8 @@ pub enum Command {
     Samples(SamplesArgs),
     /// Training and evaluation throughput on preloaded data.
     Bench(BenchArgs),
-    /// Train several block variants and depths with one seed and recipe; writes a Markdown
-    /// table (best and last accuracy, first epoch at --target, seconds) and one accuracy plot.
+    /// Train several block variants, depths and recipes with one seed; writes a Markdown table
+    /// (best and last accuracy, first epoch and time at --target, seconds) and one accuracy plot.
     Compare(CompareArgs),
 }
 
@@ -83,20 +84,92 @@ impl ArchArgs {
     }
 }
 
+/// The optimization recipe: a preset, and flags that override its parts. Shared by
+/// `train`, `compare` and `bench`.
+#[derive(Args, Debug, Clone)]
+pub struct OptimArgs {
+    /// The preset the other recipe flags override.
+    #[arg(long, value_enum, default_value_t = Preset::Reference)]
+    pub recipe: Preset,
+    /// Training batch size [default: the preset's: 64 reference, 128 fast and best]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch_size: Option<u32>,
+    /// Learning rate, a schedule's peak [default: the preset's: 0.01 reference, 4e-3 fast, 3e-3 best]
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    pub lr: Option<f32>,
+    #[arg(long, value_enum)]
+    /// [default: the preset's: sgd reference, adamw fast and best]
+    pub optimizer: Option<OptimizerKind>,
+    /// SGD's momentum μ, in [0, 1) [default: 0.5]
+    #[arg(long, value_parser = unit_interval, allow_negative_numbers = true)]
+    pub momentum: Option<f32>,
+    /// SGD with Nesterov momentum: `p -= lr·(g + μ·buf)`.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay: L2 added to the gradient for sgd and adam (`g += wd·p`), decoupled
+    /// for adamw (`p *= 1 − lr·wd`) [default: the preset's: 0 reference, 1e-4 fast and best]
+    #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
+    pub weight_decay: Option<f32>,
+    /// Adam's β1,β2, each in [0, 1) [default: 0.9,0.999]
+    #[arg(long, value_delimiter = ',', num_args = 2, value_parser = unit_interval, allow_negative_numbers = true)]
+    pub betas: Option<Vec<f32>>,
+    /// Adam's eps, added to `√v̂` [default: 1e-8]
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    pub eps: Option<f32>,
+    /// Learning-rate schedule, stepped every batch [default: the preset's: constant
+    /// reference, onecycle fast and best]
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// ε of PyTorch's `CrossEntropyLoss(label_smoothing=ε)`, in [0, 1): the training loss
+    /// is taken against `(1 − ε)·onehot + ε/10` [default: the preset's: 0 reference, 0.1 fast and best]
+    #[arg(long, value_parser = unit_interval, allow_negative_numbers = true)]
+    pub label_smoothing: Option<f32>,
+    /// Random transform of every training image, drawn per (seed, epoch, example)
+    /// [default: the preset's: none reference and fast, affine best]
+    #[arg(long, value_enum)]
+    pub augment: Option<AugmentKind>,
+    /// Largest translation of `--augment shift`, in pixels [default: 2]
+    #[arg(long, value_name = "PIXELS", value_parser = clap::value_parser!(u32).range(1..=14))]
+    pub max_shift: Option<u32>,
+}
+
+impl OptimArgs {
+    /// The preset `--recipe` names with every given flag put over it.
+    pub fn recipe(&self, seed: u64) -> Recipe {
+        self.recipe_from(self.recipe, seed)
+    }
+
+    /// `preset` with every given flag put over it.
+    pub fn recipe_from(&self, preset: Preset, seed: u64) -> Recipe {
+        let preset = Recipe::preset(preset);
+        Recipe {
+            batch_size: self.batch_size.map_or(preset.batch_size, |n| n as usize),
+            lr: self.lr.unwrap_or(preset.lr),
+            optimizer: self.optimizer.unwrap_or(preset.optimizer),
+            momentum: self.momentum.unwrap_or(preset.momentum),
+            nesterov: self.nesterov || preset.nesterov,
+            weight_decay: self.weight_decay.unwrap_or(preset.weight_decay),
+            betas: self.betas.as_ref().map_or(preset.betas, |b| [b[0], b[1]]),
+            eps: self.eps.unwrap_or(preset.eps),
+            schedule: self.schedule.unwrap_or(preset.schedule),
+            label_smoothing: self.label_smoothing.unwrap_or(preset.label_smoothing),
+            augment: self.augment.unwrap_or(preset.augment),
+            max_shift: self.max_shift.unwrap_or(preset.max_shift),
+            seed,
+            ..preset
+        }
+    }
+}
+
 /// How to train, shared by `train` and `compare`.
 #[derive(Args, Debug, Clone)]
 pub struct RecipeArgs {
-    /// Epochs to train [default: 20]; with --resume, the new total of a run to extend.
+    /// Epochs to train [default: the preset's: 20 reference and best, 1 fast]; with
+    /// --resume, the new total of a run to extend.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub epochs: Option<u32>,
-    #[arg(long, default_value_t = Recipe::default().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    pub batch_size: u32,
-    /// Learning rate.
-    #[arg(long, default_value_t = Recipe::default().lr, value_parser = positive, allow_negative_numbers = true)]
-    pub lr: f32,
-    /// SGD momentum, in [0, 1).
-    #[arg(long, default_value_t = Recipe::default().momentum, value_parser = momentum, allow_negative_numbers = true)]
-    pub momentum: f32,
+    #[command(flatten)]
+    pub optim: OptimArgs,
     /// Record every parameter tensor's gradient L2 norm every STEPS steps, into grad_norms.csv
     /// and a log-scale plot per layer.
     #[arg(long, value_name = "STEPS", value_parser = clap::value_parser!(u32).range(1..))]
@@ -108,13 +181,15 @@ pub struct RecipeArgs {
 
 impl RecipeArgs {
     pub fn recipe(&self, seed: u64) -> Recipe {
+        self.recipe_from(self.optim.recipe, seed)
+    }
+
+    pub fn recipe_from(&self, preset: Preset, seed: u64) -> Recipe {
+        let recipe = self.optim.recipe_from(preset, seed);
         Recipe {
-            epochs: self.epochs.map_or(Recipe::default().epochs, |n| n as usize),
-            batch_size: self.batch_size as usize,
-            lr: self.lr,
-            momentum: self.momentum,
-            seed,
+            epochs: self.epochs.map_or(recipe.epochs, |n| n as usize),
             grad_norm_every: self.grad_norms.map_or(0, |k| k as usize),
+            ..recipe
         }
     }
 }
@@ -148,13 +223,17 @@ impl TrainArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// Block variants to train, comma-separated [default: all]
+    /// Block variants to train, comma-separated [default: all; original with --recipes]
     #[arg(long, value_enum, value_delimiter = ',')]
     pub blocks: Vec<BlockKind>,
+    /// Recipe presets to train each network with, comma-separated, each with the other
+    /// recipe flags put over it [default: --recipe's alone]
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "recipe")]
+    pub recipes: Vec<Preset>,
     /// Blocks per stage to train each variant at, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1", value_parser = depth)]
     pub depths: Vec<usize>,
-    /// Test accuracy (%) whose first epoch the table reports.
+    /// Test accuracy (%) whose first epoch, and training time to it, the table reports.
     #[arg(long, default_value_t = 99.0, value_parser = percent)]
     pub target: f64,
     /// Train on the first N training examples only.
@@ -220,8 +299,8 @@ pub struct BenchArgs {
     /// Timed training steps per repeat.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub steps: u32,
-    #[arg(long, default_value_t = Recipe::default().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    pub batch_size: u32,
+    #[command(flatten)]
+    pub optim: OptimArgs,
     /// Batch size of the timed test-set pass (at least --batch-size: one workspace serves both).
     #[arg(long, default_value_t = EVAL_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub eval_batch: u32,
@@ -261,7 +340,15 @@ fn percent(s: &str) -> Result<f64, String> {
     }
 }
 
-fn momentum(s: &str) -> Result<f32, String> {
+fn non_negative(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(_) => Err(format!("{s} is not a non-negative finite number")),
+        Err(e) => Err(format!("{s} is not a number: {e}")),
+    }
+}
+
+fn unit_interval(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
         Ok(_) => Err(format!("{s} is outside [0, 1)")),

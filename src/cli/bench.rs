@@ -7,7 +7,7 @@ use anyhow::Result;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::Dataset;
 use resnet_mnist::model::Model;
-use resnet_mnist::train::{self, epoch_order, DeviceSplit, Recipe};
+use resnet_mnist::train::{self, epoch_order, DeviceSplit};
 
 use super::args::BenchArgs;
 
@@ -21,7 +21,8 @@ pub fn bench<B: Backend>(backend: B, dataset: &Dataset, args: &BenchArgs) -> Res
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => usize::from(n),
     };
-    let (batch, steps) = (args.batch_size as usize, args.steps as usize);
+    let recipe = args.optim.recipe(args.common.seed);
+    let (batch, steps) = (recipe.batch_size, args.steps as usize);
     if batch > dataset.train.len() {
         anyhow::bail!("--batch-size {batch}: the data set has only {} training examples", dataset.train.len());
     }
@@ -33,7 +34,9 @@ pub fn bench<B: Backend>(backend: B, dataset: &Dataset, args: &BenchArgs) -> Res
     let mut model = Model::fresh(backend, args.arch.arch(), args.common.seed, eval_batch);
     let train_split = DeviceSplit::new(&model.backend, &dataset.train);
     let test_split = DeviceSplit::new(&model.backend, &dataset.test);
-    let recipe = Recipe { batch_size: batch, ..Recipe::default() };
+    let (warm_up, repeats) = (20.min(steps), args.repeats as usize);
+    // The schedule spans every step this command takes.
+    let total_steps = (warm_up + repeats * steps) as u64;
 
     let mut time_steps = |repeat: usize, steps: usize| {
         let order = epoch_order(args.common.seed, repeat, train_split.len);
@@ -41,17 +44,18 @@ pub fn bench<B: Backend>(backend: B, dataset: &Dataset, args: &BenchArgs) -> Res
         let started = Instant::now();
         for step in 0..steps {
             let start = (step * batch) % (train_split.len - batch + 1);
-            model.backend.gather(&train_split.data, &order, start, batch, &mut model.ws.x, &mut model.ws.labels);
-            model.train_step(batch, recipe.lr, recipe.momentum);
+            let (ws, augment) = (&mut model.ws, recipe.augmentation(repeat));
+            model.backend.gather(&train_split.data, &order, start, batch, &mut ws.x, &mut ws.labels, augment.as_ref());
+            model.train_step(batch, &recipe, total_steps);
         }
         model.take_stats();
         (steps * batch) as f64 / started.elapsed().as_secs_f64()
     };
-    time_steps(0, 20.min(steps));
-    let train_rate = median((0..args.repeats as usize).map(|r| time_steps(r + 1, steps)).collect());
+    time_steps(0, warm_up);
+    let train_rate = median((0..repeats).map(|r| time_steps(r + 1, steps)).collect());
 
     let eval_rate = median(
-        (0..args.repeats as usize)
+        (0..repeats)
             .map(|_| test_split.len as f64 / train::evaluate(&mut model, &test_split).seconds)
             .collect(),
     );
@@ -70,7 +74,7 @@ pub fn bench<B: Backend>(backend: B, dataset: &Dataset, args: &BenchArgs) -> Res
     } else {
         writeln!(
             out,
-            "{} — {}, batch {batch}, {steps} steps × {} repeats (median)",
+            "{} — {}, {steps} steps × {} repeats (median); {recipe}",
             model.backend.name(),
             model.net.arch,
             args.repeats

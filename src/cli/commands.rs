@@ -118,7 +118,7 @@ impl OnBackend for CompareArgs {
     }
 
     fn workspace(&self) -> Option<(String, Vec<Arch>, usize)> {
-        let recipe = self.recipe.recipe(self.common.seed);
+        let recipe = compare::recipes(self).into_iter().map(|(_, r)| r).max_by_key(|r| r.batch_size)?;
         Some((format!("--batch-size {}", recipe.batch_size), compare::archs(self), train::capacity(&recipe)))
     }
 }
@@ -135,8 +135,9 @@ impl OnBackend for BenchArgs {
     }
 
     fn workspace(&self) -> Option<(String, Vec<Arch>, usize)> {
-        let flag = format!("--batch-size {} with --eval-batch {}", self.batch_size, self.eval_batch);
-        Some((flag, vec![self.arch.arch()], self.batch_size.max(self.eval_batch) as usize))
+        let batch = self.optim.recipe(self.common.seed).batch_size;
+        let flag = format!("--batch-size {batch} with --eval-batch {}", self.eval_batch);
+        Some((flag, vec![self.arch.arch()], batch.max(self.eval_batch as usize)))
     }
 }
 

@@ -1,5 +1,5 @@
-//! `compare`: one run per (block, depth), each in its own run directory under `--out`, then a
-//! Markdown table and one plot of every run's accuracy.
+//! `compare`: one run per (recipe, block, depth), each in its own run directory under
+//! `--out`, then a Markdown table and one plot of every run's accuracy.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,6 +11,7 @@ use resnet_mnist::compare::{self, Run, Setup};
 use resnet_mnist::data::{Dataset, Split};
 use resnet_mnist::model::{Arch, BlockKind, Model};
 use resnet_mnist::plot;
+use resnet_mnist::recipe::Preset;
 use resnet_mnist::session::{self, Outcome, Session};
 use resnet_mnist::train::{DeviceSplit, EpochReport, Recipe};
 
@@ -23,26 +24,41 @@ const SETUP: &str = "compare.json";
 
 /// Every network `--blocks` and `--depths` ask for, in the order they are trained.
 pub fn archs(args: &CompareArgs) -> Vec<Arch> {
-    let blocks = if args.blocks.is_empty() { BlockKind::value_variants().to_vec() } else { args.blocks.clone() };
+    let blocks = match (args.blocks.is_empty(), args.recipes.is_empty()) {
+        (false, _) => args.blocks.clone(),
+        (true, true) => BlockKind::value_variants().to_vec(),
+        (true, false) => vec![BlockKind::Original],
+    };
     args.depths.iter().flat_map(|&depth| blocks.iter().map(move |&block| Arch { block, depth })).collect()
+}
+
+/// Every recipe `--recipes` (or `--recipe`) asks for, with the preset it starts from.
+pub fn recipes(args: &CompareArgs) -> Vec<(Preset, Recipe)> {
+    let presets = if args.recipes.is_empty() { vec![args.recipe.optim.recipe] } else { args.recipes.clone() };
+    presets.into_iter().map(|p| (p, args.recipe.recipe_from(p, args.common.seed))).collect()
 }
 
 pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs) -> Result<()> {
     let archs = archs(args);
-    let recipe = args.recipe.recipe(args.common.seed);
+    let recipes = recipes(args);
     let dir = args.out.clone().unwrap_or_else(|| default_run_dir("compare-"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     subset(&mut dataset.train, args.train_subset, "--train-subset");
     subset(&mut dataset.test, args.test_subset, "--test-subset");
     claim(&dir, &Setup { dataset: dataset.kind.to_string(), train: dataset.train.len(), test: dataset.test.len() })?;
-    println!("Comparing {} networks on {}; in {}", archs.len(), setting(&dataset, &recipe), dir.display());
+    let runs = recipes.iter().flat_map(|&(preset, recipe)| archs.iter().map(move |&arch| (preset, recipe, arch)));
+    let runs: Vec<(Preset, Recipe, Arch)> = runs.collect();
+    println!("Comparing {} runs on {}; in {}", runs.len(), setting(&dataset, &recipes), dir.display());
     let interrupt = Interrupt::install()?;
     let mut backend = Some(backend);
-    let mut finished: Vec<(Arch, usize, Vec<EpochReport>)> = Vec::new();
-    for arch in archs {
+    let mut finished: Vec<(Preset, Arch, usize, Vec<EpochReport>)> = Vec::new();
+    for (preset, recipe, arch) in runs {
         let b = backend.take().expect("each run hands the backend back");
-        let (mut session, mut model) = open_run(b, &dir.join(arch.slug()), recipe, arch)?;
-        println!("== {arch} ({} parameters) in {}", model.net.layout.total, session.dir.display());
+        // One recipe keeps the directory names of a comparison of networks alone.
+        let name = if recipes.len() == 1 { arch.slug() } else { format!("{preset}-{}", arch.slug()) };
+        let (mut session, mut model) = open_run(b, &dir.join(name), recipe, arch)?;
+        let params = model.net.layout.total;
+        println!("== {arch}, recipe {preset} ({params} parameters) in {}", session.dir.display());
         let splits =
             (DeviceSplit::new(&model.backend, &dataset.train), DeviceSplit::new(&model.backend, &dataset.test));
         let outcome = run_session(&mut session, &mut model, (&splits.0, &splits.1), args.recipe.quiet, &interrupt)?;
@@ -50,13 +66,15 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
             println!("Stopped; saved. To continue, run the same command with --out {}", dir.display());
             return interrupted(&interrupt);
         }
-        finished.push((arch, model.net.layout.total, session.state.history));
+        finished.push((preset, arch, params, session.state.history));
         drop(splits);
         backend = Some(model.into_backend());
     }
-    let runs: Vec<Run> =
-        finished.iter().map(|(arch, params, history)| Run { arch: *arch, params: *params, history }).collect();
-    write_results(&dir, &dataset, &recipe, &runs, args.target)
+    let runs: Vec<Run> = finished
+        .iter()
+        .map(|(preset, arch, params, history)| Run { recipe: preset.to_string(), arch: *arch, params: *params, history })
+        .collect();
+    write_results(&dir, &dataset, &recipes, &runs, args.target)
 }
 
 /// Records `setup` in `dir`, or checks that the runs already there used the same data: a run
@@ -120,28 +138,32 @@ fn open_run<B: Backend>(backend: B, dir: &Path, recipe: Recipe, arch: Arch) -> R
     Ok(resumed(backend, saved))
 }
 
-/// The data and recipe every run of the comparison shares, in words.
-fn setting(dataset: &Dataset, recipe: &Recipe) -> String {
-    format!(
-        "{} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}",
-        dataset.kind,
-        dataset.train.len(),
-        dataset.test.len(),
-        recipe.epochs,
-        recipe.batch_size,
-        recipe.lr,
-        recipe.momentum,
-        recipe.seed
-    )
+/// The data and the recipes of the comparison, in words.
+fn setting(dataset: &Dataset, recipes: &[(Preset, Recipe)]) -> String {
+    let data = format!("{} ({} train / {} test)", dataset.kind, dataset.train.len(), dataset.test.len());
+    match recipes {
+        [(_, recipe)] => format!("{data}, {recipe}"),
+        _ => {
+            let each: Vec<String> = recipes.iter().map(|(preset, recipe)| format!("{preset}: {recipe}")).collect();
+            format!("{data}; recipes {}", each.join("; "))
+        }
+    }
 }
 
-fn write_results(dir: &Path, dataset: &Dataset, recipe: &Recipe, runs: &[Run], target: f64) -> Result<()> {
+fn write_results(
+    dir: &Path,
+    dataset: &Dataset,
+    recipes: &[(Preset, Recipe)],
+    runs: &[Run],
+    target: f64,
+) -> Result<()> {
     let table = compare::markdown_table(runs, target);
-    let caption = format!("{}\n\n", setting(dataset, recipe));
+    let caption = format!("{}\n\n", setting(dataset, recipes));
     let path = dir.join(TABLE);
     resnet_mnist::atomic::write_atomic(&path, format!("{caption}{table}").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let curves: Vec<(String, &[EpochReport])> = runs.iter().map(|r| (r.arch.to_string(), r.history)).collect();
+    let label = |r: &Run| if recipes.len() == 1 { r.arch.to_string() } else { format!("{}, {}", r.recipe, r.arch) };
+    let curves: Vec<(String, &[EpochReport])> = runs.iter().map(|r| (label(r), r.history)).collect();
     plot::accuracies(&dir.join("accuracy"), &format!("Accuracy on the {} test set", dataset.kind), &curves)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n{table}")?;

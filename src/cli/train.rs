@@ -53,6 +53,16 @@ fn extend(session: &mut Session, epochs: usize) -> Result<()> {
             if done == 1 { "" } else { "s" }
         );
     }
+    let recipe = &session.state.recipe;
+    if epochs != recipe.epochs && recipe.spans_the_run() {
+        anyhow::bail!(
+            "--epochs {epochs}: the run in {} follows a {} schedule over its {} epochs, which a longer run would have \
+             followed differently; train a new run with --epochs {epochs} instead",
+            session.dir.display(),
+            recipe.schedule,
+            recipe.epochs
+        );
+    }
     if epochs != session.state.recipe.epochs {
         tracing::info!(
             "--epochs {epochs}: the run goes on to {epochs} epochs (it was to stop at {})",
@@ -68,12 +78,10 @@ pub(super) fn capacity(recipe: &Recipe) -> usize {
     recipe.batch_size.max(EVAL_BATCH)
 }
 
-/// The model of a saved run, with its momentum and step count restored.
+/// The model of a saved run, with its optimizer state and step count restored.
 pub(super) fn resumed<B: Backend>(backend: B, saved: Saved) -> (Session, Model<B>) {
-    let Saved { session, net, params, momentum } = saved;
-    let mut model = Model::new(backend, net, &params, capacity(&session.state.recipe));
-    session::restore_optimizer(&mut model, &session.state, &momentum);
-    (session, model)
+    let capacity = capacity(&saved.session.state.recipe);
+    saved.into_model(backend, capacity)
 }
 
 /// `runs/<prefix><UTC time>`, with `-` for `:` so the name is valid everywhere.
@@ -91,17 +99,12 @@ pub fn train<B: Backend>(backend: B, dataset: &Dataset, args: &TrainArgs) -> Res
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "Training {} on {}: {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}, seed {}; run directory {}",
+        "Training {} on {}: {} ({} train / {} test), {recipe}; run directory {}",
         model.net.arch,
         model.backend.name(),
         dataset.kind,
         train.len,
         test.len,
-        recipe.epochs,
-        recipe.batch_size,
-        recipe.lr,
-        recipe.momentum,
-        recipe.seed,
         session.dir.display()
     )?;
     if args.resume.is_some() {

@@ -10,7 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use super::{assert_close, random};
 use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::cuda::{CudaBackend, Device, Gemm};
-use resnet_mnist::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep};
+use resnet_mnist::augment::{AffineRange, Augmentation};
+use resnet_mnist::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, Update};
+use resnet_mnist::recipe::{AugmentKind, OptimizerKind, Recipe, ScheduleKind};
 use resnet_mnist::data::IMAGE_PIXELS;
 use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES};
 
@@ -104,15 +106,50 @@ pub fn maxpool_and_elementwise_match_cpu<D: Device>(g: &CudaBackend<D>) {
     assert_eq!(dy[len..], d[len..], "relu_backward past len");
     assert_close("relu_backward", &g.download(&gdy), &dy);
 
-    let (p, m) = (random(&mut rng, n), random(&mut rng, n));
-    for first in [true, false] {
-        let step = SgdStep { lr: 0.01, momentum: 0.5, first };
-        let (mut cp, mut cm) = (p.clone(), m.clone());
-        let (mut gp, mut gm) = (g.upload(&p), g.upload(&m));
-        c.sgd_step(step, &mut cp, &d, &mut cm);
-        g.sgd_step(step, &mut gp, &g.upload(&d), &mut gm);
-        assert_close("sgd params", &g.download(&gp), &cp);
-        assert_close("sgd momentum", &g.download(&gm), &cm);
+}
+
+/// Every optimizer, with and without weight decay and Nesterov, at a first and a later step
+/// of a one-cycle schedule, over a buffer longer than one block's stride.
+pub fn optimizers_match_cpu<D: Device>(g: &CudaBackend<D>) {
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let n = 1001;
+    let (p, d, m0) = (random(&mut rng, n), random(&mut rng, n), random(&mut rng, n));
+    let v0: Vec<f32> = random(&mut rng, n).iter().map(|x| x * x).collect();
+    let sgd = |nesterov, weight_decay| Recipe { nesterov, weight_decay, ..Recipe::REFERENCE };
+    let adam = |optimizer, weight_decay| Recipe { optimizer, weight_decay, lr: 3e-3, ..Recipe::REFERENCE };
+    let recipes = [
+        sgd(false, 0.0),
+        sgd(true, 1e-2),
+        adam(OptimizerKind::Adam, 0.0),
+        adam(OptimizerKind::Adam, 1e-2),
+        adam(OptimizerKind::Adamw, 1e-2),
+    ];
+    for recipe in recipes {
+        let recipe = Recipe { schedule: ScheduleKind::Onecycle, ..recipe };
+        for step in [0, 7] {
+            let scalars = recipe.step_scalars(step, 20).to_array();
+            let (mut cp, mut cm, mut cv) = (p.clone(), m0.clone(), v0.clone());
+            let (mut gp, mut gm, mut gv) = (g.upload(&p), g.upload(&m0), g.upload(&v0));
+            let (mut cs, mut gs) = (c.zeros(scalars.len()), g.zeros(scalars.len()));
+            c.write(&mut cs, &scalars);
+            g.write(&mut gs, &scalars);
+            match recipe.update() {
+                Update::Sgd(u) => {
+                    c.sgd_step(u, &cs, &mut cp, &d, &mut cm);
+                    g.sgd_step(u, &gs, &mut gp, &g.upload(&d), &mut gm);
+                }
+                Update::Adam(u) => {
+                    c.adam_step(u, &cs, &mut cp, &d, &mut cm, &mut cv);
+                    g.adam_step(u, &gs, &mut gp, &g.upload(&d), &mut gm, &mut gv);
+                }
+            }
+            let what = format!("{recipe}, step {step}");
+            assert_close(&format!("{what}: params"), &g.download(&gp), &cp);
+            assert_close(&format!("{what}: first moment"), &g.download(&gm), &cm);
+            assert_close(&format!("{what}: second moment"), &g.download(&gv), &cv);
+            assert_ne!(cp, p, "{what}: the step moves the parameters");
+        }
     }
 }
 
@@ -146,24 +183,20 @@ pub fn linear_and_loss_match_cpu<D: Device>(g: &CudaBackend<D>) {
         // Scaled logits so that some rows are classified correctly and some not.
         let logits: Vec<f32> = y.iter().map(|v| 3.0 * v).collect();
         let labels: Vec<u32> = (0..s.batch).map(|_| rng.random_range(0..CLASSES as u32)).collect();
-        let (mut stats, mut gstats) = (c.new_stats(), g.new_stats());
-        let (mut dz, mut gdz) = (vec![0.0; logits.len()], g.zeros(logits.len()));
-        for _ in 0..2 {
-            c.softmax_cross_entropy(s.batch, CLASSES, &logits, &labels, &mut dz, &mut stats);
-            g.softmax_cross_entropy(
-                s.batch,
-                CLASSES,
-                &g.upload(&logits),
-                &g.upload_idx(&labels),
-                &mut gdz,
-                &mut gstats,
-            );
+        for smoothing in [0.0, 0.1] {
+            let (mut stats, mut gstats) = (c.new_stats(), g.new_stats());
+            let (mut dz, mut gdz) = (vec![0.0; logits.len()], g.zeros(logits.len()));
+            let (glogits, glabels) = (g.upload(&logits), g.upload_idx(&labels));
+            for _ in 0..2 {
+                c.softmax_cross_entropy(s.batch, CLASSES, smoothing, &logits, &labels, &mut dz, &mut stats);
+                g.softmax_cross_entropy(s.batch, CLASSES, smoothing, &glogits, &glabels, &mut gdz, &mut gstats);
+            }
+            assert_close(&format!("{s:?} softmax gradient, smoothing {smoothing}"), &g.download(&gdz), &dz);
+            let (ours, theirs) = (g.take_stats(&mut gstats), c.take_stats(&mut stats));
+            assert_eq!(ours.correct, theirs.correct, "{s:?} correct count");
+            assert!((ours.loss_sum - theirs.loss_sum).abs() <= 1e-4 * theirs.loss_sum.abs(), "{ours:?} vs {theirs:?}");
+            assert_eq!(g.take_stats(&mut gstats), Default::default(), "take_stats resets");
         }
-        assert_close(&format!("{s:?} softmax gradient"), &g.download(&gdz), &dz);
-        let (ours, theirs) = (g.take_stats(&mut gstats), c.take_stats(&mut stats));
-        assert_eq!(ours.correct, theirs.correct, "{s:?} correct count");
-        assert!((ours.loss_sum - theirs.loss_sum).abs() <= 1e-4 * theirs.loss_sum.abs(), "{ours:?} vs {theirs:?}");
-        assert_eq!(g.take_stats(&mut gstats), Default::default(), "take_stats resets");
     }
 }
 
@@ -182,15 +215,23 @@ pub fn gather_matches_cpu<D: Device>(g: &CudaBackend<D>) {
     let (cdata, gdata) = (c.upload_data(&images, &labels), g.upload_data(&images, &labels));
     let (mut x, mut l) = (vec![0.0; 3 * IMAGE_PIXELS], vec![0; 3]);
     let (mut gx, mut gl) = (g.zeros(3 * IMAGE_PIXELS), g.zeros_idx(3));
-    c.gather(&cdata, &order, 2, 3, &mut x, &mut l);
-    g.gather(&gdata, &g.upload_idx(&order), 2, 3, &mut gx, &mut gl);
-    assert_close("gathered images", &g.download(&gx), &x);
+    let gorder = g.upload_idx(&order);
+    let affine = Augmentation { range: AffineRange::RANDOM_AFFINE, seed: u64::MAX - 5, epoch: 3 };
+    let shift = Augmentation { range: AffineRange::shift(3.0), seed: 11, epoch: 0 };
+    for augment in [None, Some(affine), Some(shift)] {
+        c.gather(&cdata, &order, 2, 3, &mut x, &mut l, augment.as_ref());
+        g.gather(&gdata, &gorder, 2, 3, &mut gx, &mut gl, augment.as_ref());
+        assert_close(&format!("gathered images, {augment:?}"), &g.download(&gx), &x);
+    }
     // The labels are checked through the loss in the training test below.
 }
 
+/// The reference optimizer with a larger step, so that a few steps move the parameters.
+const SGD: Recipe = Recipe { lr: 0.05, ..Recipe::REFERENCE };
+
 /// Trains `steps` batches (the last one short) on both backends; returns parameters and stats.
 fn train<B: Backend>(backend: B, arch: Arch, data: &(Vec<u8>, Vec<u8>), batches: &[usize]) -> (Vec<f32>, f64, u64) {
-    let (params, loss, correct, _) = train_on(backend, arch, data, batches);
+    let (params, loss, correct, _) = train_on(backend, arch, data, batches, &SGD);
     (params, loss, correct)
 }
 
@@ -200,6 +241,7 @@ fn train_on<B: Backend>(
     arch: Arch,
     data: &(Vec<u8>, Vec<u8>),
     batches: &[usize],
+    recipe: &Recipe,
 ) -> (Vec<f32>, f64, u64, B) {
     let (images, labels) = data;
     let net = Net::build(arch);
@@ -210,8 +252,10 @@ fn train_on<B: Backend>(
     let order = model.backend.upload_idx(&(0..labels.len() as u32).rev().collect::<Vec<_>>());
     let mut start = 0;
     for &batch in batches {
-        model.backend.gather(&data, &order, start, batch, &mut model.ws.x, &mut model.ws.labels);
-        model.train_step(batch, 0.05, 0.5);
+        let augment = recipe.augmentation(0);
+        start %= labels.len() + 1 - batch;
+        model.backend.gather(&data, &order, start, batch, &mut model.ws.x, &mut model.ws.labels, augment.as_ref());
+        model.train_step(batch, recipe, batches.len() as u64);
         start += batch;
     }
     let stats = model.take_stats();
@@ -253,10 +297,30 @@ pub fn a_reused_backend_forgets_the_graphs_of_the_last_model<D: Device>(gpu: &dy
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let data = tiny_dataset(&mut rng, 9);
     let batches = [3, 3, 3];
-    let (_, _, _, reused) = train_on(gpu(true), Arch::default(), &data, &batches);
-    let (again, ..) = train_on(reused, Arch::default(), &data, &batches);
-    let (fresh, ..) = train_on(gpu(true), Arch::default(), &data, &batches);
+    let (_, _, _, reused) = train_on(gpu(true), Arch::default(), &data, &batches, &SGD);
+    let (again, ..) = train_on(reused, Arch::default(), &data, &batches, &SGD);
+    let (fresh, ..) = train_on(gpu(true), Arch::default(), &data, &batches, &SGD);
     assert_eq!(again, fresh);
+}
+
+/// The `best` recipe's parts (AdamW, one-cycle, label smoothing, affine augmentation) for
+/// 200 steps: the learning rate, β1 and the bias corrections change every step, yet one
+/// captured graph serves them all, replaying exactly what the uncaptured steps compute, and
+/// both follow the CPU.
+pub fn a_one_cycle_adamw_run_captures_one_graph<D: Device>(gpu: &dyn Fn(bool) -> CudaBackend<D>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let data = tiny_dataset(&mut rng, 8);
+    let batches = [2; 200];
+    let recipe = Recipe { augment: AugmentKind::Affine, ..Recipe::preset(resnet_mnist::recipe::Preset::Best) };
+    let (cpu_params, cpu_loss, ..) = train_on(cpu(), Arch::default(), &data, &batches, &recipe);
+    let (plain, plain_loss, ..) = train_on(gpu(false), Arch::default(), &data, &batches, &recipe);
+    let graphs = gpu(true);
+    let (graphed, graphed_loss, _, graphs) = train_on(graphs, Arch::default(), &data, &batches, &recipe);
+    assert_eq!(graphs.captured_graphs(), 1, "graphs captured in 200 steps");
+    assert_eq!(graphed, plain, "graph replay changes the result");
+    assert_eq!(graphed_loss, plain_loss);
+    assert_close("parameters after 200 AdamW steps", &plain, &cpu_params);
+    assert!((plain_loss - cpu_loss).abs() <= 1e-4 * cpu_loss, "loss {plain_loss} vs {cpu_loss}");
 }
 
 /// `C = op(A)·op(B) + beta·C` as the cuBLAS documentation defines it on column-major

@@ -18,7 +18,9 @@ use rayon::prelude::*;
 
 use crate::data::IMAGE_PIXELS;
 
-use super::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdStep, Stats};
+use super::{AdamUpdate, Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdUpdate, Stats, StepScalars};
+use crate::augment::{self, Affine, Augmentation};
+use crate::data::IMAGE_SIDE;
 
 /// Normalization of the reference's `transforms.Normalize((0.1307,), (0.3081,))`.
 pub const PIXEL_MEAN: f32 = 0.1307;
@@ -311,6 +313,10 @@ impl Backend for CpuBackend {
         std::mem::take(&mut stats.0)
     }
 
+    fn write(&self, dst: &mut Vec<f32>, src: &[f32]) {
+        dst[..src.len()].copy_from_slice(src);
+    }
+
     fn gather(
         &self,
         data: &CpuData,
@@ -319,16 +325,26 @@ impl Backend for CpuBackend {
         count: usize,
         x: &mut Vec<f32>,
         labels: &mut Vec<u32>,
+        augment: Option<&Augmentation>,
     ) {
         let order = &order[start..start + count];
         for (&i, label) in order.iter().zip(labels.iter_mut()) {
             *label = u32::from(data.labels[i as usize]);
         }
+        let normalize = |v: f32| (v - PIXEL_MEAN) / PIXEL_STD;
         self.pool.install(|| {
             x[..count * IMAGE_PIXELS].par_chunks_mut(IMAGE_PIXELS).zip(order).for_each(|(dst, &i)| {
                 let src = &data.images[i as usize * IMAGE_PIXELS..][..IMAGE_PIXELS];
-                for (d, &p) in dst.iter_mut().zip(src) {
-                    *d = (f32::from(p) / 255.0 - PIXEL_MEAN) / PIXEL_STD;
+                match augment {
+                    None => {
+                        for (d, &p) in dst.iter_mut().zip(src) {
+                            *d = normalize(f32::from(p) / 255.0);
+                        }
+                    }
+                    Some(a) => {
+                        augment::resample(&Affine::draw(a, i).inverse(), src, IMAGE_SIDE, dst);
+                        dst.iter_mut().for_each(|d| *d = normalize(*d));
+                    }
                 }
             })
         });
@@ -525,6 +541,7 @@ impl Backend for CpuBackend {
         &self,
         batch: usize,
         classes: usize,
+        smoothing: f32,
         logits: &Vec<f32>,
         labels: &Vec<u32>,
         dlogits: &mut Vec<f32>,
@@ -532,7 +549,7 @@ impl Backend for CpuBackend {
     ) {
         let rows = logits[..batch * classes].chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes));
         for ((z, dz), &label) in rows.zip(labels) {
-            let (loss, correct) = softmax_xent_row(z, label as usize, batch as f32, dz);
+            let (loss, correct) = softmax_xent_row(z, label as usize, batch as f32, smoothing, dz);
             stats.0.loss_sum += f64::from(loss);
             stats.0.correct += u64::from(correct);
         }
@@ -542,12 +559,51 @@ impl Backend for CpuBackend {
         self.pool.install(|| ops(self));
     }
 
-    fn sgd_step(&self, step: SgdStep, params: &mut Vec<f32>, grads: &Vec<f32>, momentum: &mut Vec<f32>) {
+    fn sgd_step(
+        &self,
+        update: SgdUpdate,
+        scalars: &Vec<f32>,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        momentum: &mut Vec<f32>,
+    ) {
+        let s = StepScalars::from_slice(scalars);
+        let SgdUpdate { nesterov, weight_decay } = update;
         for ((p, &g), m) in params.iter_mut().zip(grads).zip(momentum.iter_mut()) {
-            *m = if step.first { g } else { step.momentum * *m + g };
-            *p -= step.lr * *m;
+            let g = if weight_decay != 0.0 { g + weight_decay * *p } else { g };
+            *m = if s.first != 0.0 { g } else { s.momentum * *m + g };
+            *p -= s.lr * if nesterov { g + s.momentum * *m } else { *m };
         }
     }
+
+    fn adam_step(
+        &self,
+        update: AdamUpdate,
+        scalars: &Vec<f32>,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) {
+        let s = StepScalars::from_slice(scalars);
+        for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m.iter_mut()).zip(v.iter_mut()) {
+            (*p, *m, *v) = adam_element(&update, &s, *p, g, *m, *v);
+        }
+    }
+}
+
+/// One element of torch.optim.Adam's single-tensor update, operation by operation:
+/// returns the new parameter and moments.
+#[inline(always)]
+fn adam_element(u: &AdamUpdate, s: &StepScalars, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+    let g = if u.l2 != 0.0 { g + u.l2 * p } else { g };
+    let p = p * s.decay;
+    // torch's lerp: `m + w·(g − m)` for weights below one half, else `g − (g − m)·(1 − w)`.
+    let w = s.lerp_weight;
+    let m = if w.abs() < 0.5 { m + w * (g - m) } else { g - (g - m) * (1.0 - w) };
+    let v = v * u.beta2 + u.one_minus_beta2 * g * g;
+    let denom = v.sqrt() / s.bias2_sqrt + u.eps;
+    (p + -s.step_size * m / denom, m, v)
 }
 
 /// One plane's max-pool as a [`conv::Kernel`]: the plain loop of [`maxpool_plane`], compiled
@@ -589,8 +645,10 @@ fn maxpool_plane(width: usize, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
     }
 }
 
-/// One example's loss and whether it is classified correctly; writes `(softmax − onehot)/batch`.
-fn softmax_xent_row(z: &[f32], label: usize, batch: f32, dz: &mut [f32]) -> (f32, bool) {
+/// One example's loss against the smoothed target `(1 − ε)·onehot + ε/classes`, and whether
+/// it is classified correctly; writes `(softmax − target)/batch`. With ε = 0 every term that
+/// ε brings in is an exact zero, so the plain cross-entropy comes out bit for bit.
+fn softmax_xent_row(z: &[f32], label: usize, batch: f32, smoothing: f32, dz: &mut [f32]) -> (f32, bool) {
     let (mut arg, mut max) = (0, f32::NEG_INFINITY);
     for (i, &v) in z.iter().enumerate() {
         if v > max {
@@ -598,9 +656,12 @@ fn softmax_xent_row(z: &[f32], label: usize, batch: f32, dz: &mut [f32]) -> (f32
         }
     }
     let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+    let spread = smoothing / z.len() as f32;
     for (d, &v) in dz.iter_mut().zip(z) {
-        *d = (v - max).exp() / sum / batch;
+        *d = (v - max).exp() / sum / batch - spread / batch;
     }
-    dz[label] -= 1.0 / batch;
-    (max + sum.ln() - z[label], arg == label)
+    dz[label] -= (1.0 - smoothing) / batch;
+    let nll = max + sum.ln() - z[label];
+    let uniform: f32 = z.iter().map(|&v| max + sum.ln() - v).sum();
+    ((1.0 - smoothing) * nll + spread * uniform, arg == label)
 }

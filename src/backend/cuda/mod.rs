@@ -26,7 +26,11 @@ use std::marker::PhantomData;
 use crate::data::IMAGE_PIXELS;
 
 use super::cpu::{PIXEL_MEAN, PIXEL_STD};
-use super::{Backend, ConvShape, DeviceFailure, LinearShape, ParamSlot, PoolShape, SgdStep, Stats, StepKey};
+use super::{
+    AdamUpdate, Backend, ConvShape, DeviceFailure, LinearShape, ParamSlot, PoolShape, SgdUpdate, Stats, StepKey,
+};
+use crate::augment::Augmentation;
+use crate::data::IMAGE_SIDE;
 pub use device::{Arg, DevPtr, Device, Gemm, KernelCall, Launch};
 use kernels as k;
 use tiles::{TILE_K, TILE_M, TILE_N, TILE_THREADS};
@@ -156,6 +160,12 @@ impl<D: Device> CudaBackend<D> {
 
     pub fn device(&self) -> &D {
         &self.device
+    }
+
+    /// Training-step graphs captured so far: one per batch size and update, however the
+    /// learning rate moves.
+    pub fn captured_graphs(&self) -> usize {
+        self.graphs.as_ref().map_or(0, |cache| cache.borrow().graphs.len())
     }
 
     /// Runs `work` on the device unless it has failed; keeps its error if it is the first.
@@ -314,6 +324,13 @@ impl<D: Device> Backend for CudaBackend<D> {
         }
     }
 
+    fn write(&self, dst: &mut Self::Buf, src: &[f32]) {
+        if let Some(mem) = &mut dst.mem {
+            let bytes: Vec<u8> = src.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.guard(|d| d.upload(mem, &bytes));
+        }
+    }
+
     fn gather(
         &self,
         data: &CudaData<D>,
@@ -322,18 +339,40 @@ impl<D: Device> Backend for CudaBackend<D> {
         count: usize,
         x: &mut Self::Buf,
         labels: &mut Self::Idx,
+        augment: Option<&Augmentation>,
     ) {
-        let call = k::gather_batch(
-            data.images.ptr(),
-            data.labels.ptr(),
-            order.ptr(),
-            uint(start),
-            uint(IMAGE_PIXELS),
-            PIXEL_MEAN,
-            PIXEL_STD,
-            x.ptr(),
-            labels.ptr(),
-        );
+        let (images, labels_in, order, start) = (data.images.ptr(), data.labels.ptr(), order.ptr(), uint(start));
+        let call = match augment {
+            None => k::gather_batch(
+                images,
+                labels_in,
+                order,
+                start,
+                uint(IMAGE_PIXELS),
+                PIXEL_MEAN,
+                PIXEL_STD,
+                x.ptr(),
+                labels.ptr(),
+            ),
+            Some(a) => k::gather_augmented(
+                images,
+                labels_in,
+                order,
+                start,
+                dim(IMAGE_SIDE),
+                PIXEL_MEAN,
+                PIXEL_STD,
+                x.ptr(),
+                labels.ptr(),
+                a.seed as u32,
+                (a.seed >> 32) as u32,
+                a.epoch,
+                a.range.degrees,
+                a.range.max_shift,
+                a.range.scale[0],
+                a.range.scale[1],
+            ),
+        };
         self.launch(call, [uint(count), 1, 1], THREADS, 0);
     }
 
@@ -519,6 +558,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         &self,
         batch: usize,
         classes: usize,
+        smoothing: f32,
         logits: &Self::Buf,
         labels: &Self::Idx,
         dlogits: &mut Self::Buf,
@@ -530,22 +570,50 @@ impl<D: Device> Backend for CudaBackend<D> {
             dlogits.ptr(),
             uint(batch),
             uint(classes),
+            smoothing,
             stats.at(0),
             stats.at(1),
         );
         self.launch(call, [blocks(batch, THREADS as usize), 1, 1], THREADS, 0);
     }
 
-    fn sgd_step(&self, step: SgdStep, params: &mut Self::Buf, grads: &Self::Buf, momentum: &mut Self::Buf) {
+    fn sgd_step(
+        &self,
+        update: SgdUpdate,
+        scalars: &Self::Buf,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        momentum: &mut Self::Buf,
+    ) {
         let n = params.len;
-        let call = k::sgd_momentum(
+        let SgdUpdate { nesterov, weight_decay } = update;
+        let call =
+            k::sgd_step(params.ptr(), grads.ptr(), momentum.ptr(), uint(n), scalars.ptr(), weight_decay, flag(nesterov));
+        self.launch_elementwise(call, n);
+    }
+
+    fn adam_step(
+        &self,
+        update: AdamUpdate,
+        scalars: &Self::Buf,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) {
+        let n = params.len;
+        let AdamUpdate { beta2, one_minus_beta2, eps, l2 } = update;
+        let call = k::adam_step(
             params.ptr(),
             grads.ptr(),
-            momentum.ptr(),
+            m.ptr(),
+            v.ptr(),
             uint(n),
-            step.lr,
-            step.momentum,
-            flag(step.first),
+            scalars.ptr(),
+            beta2,
+            one_minus_beta2,
+            eps,
+            l2,
         );
         self.launch_elementwise(call, n);
     }
