@@ -71,7 +71,10 @@ impl Affine {
         let [lo, hi] = a.range.scale.map(f64::from);
         Affine {
             angle: -degrees + 2.0 * degrees * u(0),
-            translate: [(-shift + 2.0 * shift * u(1)).round_ties_even(), (-shift + 2.0 * shift * u(2)).round_ties_even()],
+            translate: [
+                (-shift + 2.0 * shift * u(1)).round_ties_even(),
+                (-shift + 2.0 * shift * u(2)).round_ties_even(),
+            ],
             scale: lo + (hi - lo) * u(3),
         }
     }

@@ -19,8 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, Stats, StepKey, StepScalars, Update};
-use crate::recipe::Recipe;
 pub use crate::data::{CLASSES, IMAGE_SIDE};
+use crate::recipe::Recipe;
 
 /// One named parameter tensor inside the flat buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -214,7 +214,9 @@ impl Recipe {
         });
         match self.schedule {
             ScheduleKind::Constant => (lr, momentum),
-            ScheduleKind::Cosine => (lr * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos()) / 2.0, momentum),
+            ScheduleKind::Cosine => {
+                (lr * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos()) / 2.0, momentum)
+            }
             ScheduleKind::Onecycle => one_cycle(lr, step, total),
         }
     }
@@ -267,7 +269,8 @@ fn one_cycle(max_lr: f64, step: u64, total: u64) -> (f64, f64) {
     let min = initial / ONECYCLE_FINAL_DIV_FACTOR;
     let (up, m_high, m_low) = (ONECYCLE_PCT_START * total as f64 - 1.0, ONECYCLE_MAX_MOMENTUM, ONECYCLE_BASE_MOMENTUM);
     let step = step as f64;
-    let anneal = |start: f64, end: f64, pct: f64| end + (start - end) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0);
+    let anneal =
+        |start: f64, end: f64, pct: f64| end + (start - end) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0);
     if step <= up {
         let pct = step / up;
         (anneal(initial, max_lr, pct), anneal(m_high, m_low, pct))

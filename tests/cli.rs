@@ -396,7 +396,10 @@ fn messages_are_plain_said_once_and_adjustments_are_logged() {
 
     cmd("train", &data).args(["--epochs", "1", "--batch-size", "32", "--quiet", "--out"]).arg(&run).assert().success();
     let err = stderr(cmd("train", &data).args(["--quiet", "--lr", "0.5", "--resume"]).arg(&run));
-    assert!(err.contains("the saved recipe (1 epochs, batch 32, sgd lr 0.01 momentum 0.5, constant schedule, seed 0)"), "{err}");
+    assert!(
+        err.contains("the saved recipe (1 epochs, batch 32, sgd lr 0.01 momentum 0.5, constant schedule, seed 0)"),
+        "{err}"
+    );
     assert!(!err.contains("Recipe {"), "{err}");
 
     let before = std::fs::read_dir(&run).unwrap().count();

@@ -7,8 +7,8 @@
 //! smoothing, the smoothed loss alone, and the augmentation's resampling against torchvision.
 
 use clap::ValueEnum;
-use resnet_mnist::backend::cpu::{CpuBackend, PIXEL_MEAN, PIXEL_STD};
 use resnet_mnist::augment::{self, Affine};
+use resnet_mnist::backend::cpu::{CpuBackend, PIXEL_MEAN, PIXEL_STD};
 use resnet_mnist::backend::Backend;
 use resnet_mnist::model::{Arch, BlockKind, Model, Net, CLASSES, IMAGE_SIDE};
 use resnet_mnist::recipe::{OptimizerKind, Recipe, ScheduleKind};
@@ -125,7 +125,8 @@ fn two_sgd_steps_match_pytorch() {
 #[test]
 fn every_optimizer_under_one_cycle_with_label_smoothing_matches_pytorch() {
     let (reference, recipes) = (Fixture::load("reference.safetensors"), Fixture::load("recipes.safetensors"));
-    let base = Recipe { schedule: ScheduleKind::Onecycle, label_smoothing: 0.1, weight_decay: 1e-2, ..Recipe::REFERENCE };
+    let base =
+        Recipe { schedule: ScheduleKind::Onecycle, label_smoothing: 0.1, weight_decay: 1e-2, ..Recipe::REFERENCE };
     for (name, recipe) in [
         ("sgd", Recipe { lr: 0.05, momentum: 0.9, nesterov: true, ..base }),
         ("adam", Recipe { optimizer: OptimizerKind::Adam, lr: 3e-3, ..base }),
@@ -161,7 +162,8 @@ fn label_smoothing_matches_pytorch() {
 #[test]
 fn affine_resampling_matches_torchvision() {
     let fixture = Fixture::load("recipes.safetensors");
-    let (images, params, theirs) = (fixture.bytes("affine.images"), fixture.f64("affine.params"), fixture.f32("affine.out"));
+    let (images, params, theirs) =
+        (fixture.bytes("affine.images"), fixture.f64("affine.params"), fixture.f32("affine.out"));
     let pixels = IMAGE_SIDE * IMAGE_SIDE;
     for (i, p) in params.chunks_exact(4).enumerate() {
         let transform = Affine { angle: p[0], translate: [p[1], p[2]], scale: p[3] };

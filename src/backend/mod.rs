@@ -191,7 +191,14 @@ impl StepKey {
     pub fn new(batch: usize, update: Update, smoothing: f32) -> Self {
         let constants = match update {
             Update::Sgd(u) => [0, u.nesterov.into(), u.weight_decay.to_bits(), 0, 0, smoothing.to_bits()],
-            Update::Adam(u) => [1, u.beta2.to_bits(), u.one_minus_beta2.to_bits(), u.eps.to_bits(), u.l2.to_bits(), smoothing.to_bits()],
+            Update::Adam(u) => [
+                1,
+                u.beta2.to_bits(),
+                u.one_minus_beta2.to_bits(),
+                u.eps.to_bits(),
+                u.l2.to_bits(),
+                smoothing.to_bits(),
+            ],
         };
         StepKey { batch, constants }
     }

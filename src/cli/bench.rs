@@ -55,9 +55,7 @@ pub fn bench<B: Backend>(backend: B, dataset: &Dataset, args: &BenchArgs) -> Res
     let train_rate = median((0..repeats).map(|r| time_steps(r + 1, steps)).collect());
 
     let eval_rate = median(
-        (0..repeats)
-            .map(|_| test_split.len as f64 / train::evaluate(&mut model, &test_split).seconds)
-            .collect(),
+        (0..repeats).map(|_| test_split.len as f64 / train::evaluate(&mut model, &test_split).seconds).collect(),
     );
     model.backend.failure()?;
     let (train_gflops, eval_gflops) =

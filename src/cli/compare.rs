@@ -72,7 +72,12 @@ pub fn compare<B: Backend>(backend: B, mut dataset: Dataset, args: &CompareArgs)
     }
     let runs: Vec<Run> = finished
         .iter()
-        .map(|(preset, arch, params, history)| Run { recipe: preset.to_string(), arch: *arch, params: *params, history })
+        .map(|(preset, arch, params, history)| Run {
+            recipe: preset.to_string(),
+            arch: *arch,
+            params: *params,
+            history,
+        })
         .collect();
     write_results(&dir, &dataset, &recipes, &runs, args.target)
 }
@@ -150,13 +155,7 @@ fn setting(dataset: &Dataset, recipes: &[(Preset, Recipe)]) -> String {
     }
 }
 
-fn write_results(
-    dir: &Path,
-    dataset: &Dataset,
-    recipes: &[(Preset, Recipe)],
-    runs: &[Run],
-    target: f64,
-) -> Result<()> {
+fn write_results(dir: &Path, dataset: &Dataset, recipes: &[(Preset, Recipe)], runs: &[Run], target: f64) -> Result<()> {
     let table = compare::markdown_table(runs, target);
     let caption = format!("{}\n\n", setting(dataset, recipes));
     let path = dir.join(TABLE);

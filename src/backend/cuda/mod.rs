@@ -116,6 +116,8 @@ pub struct CudaData<D: Device> {
 struct GraphCache<G> {
     seen: HashSet<StepKey>,
     graphs: HashMap<StepKey, G>,
+    /// Graphs captured since the backend started, forgotten ones included.
+    captured: usize,
 }
 
 pub struct CudaBackend<D: Device> {
@@ -154,7 +156,8 @@ fn conv_dims(s: &ConvShape) -> [i32; 7] {
 impl<D: Device> CudaBackend<D> {
     /// A backend on `device`; with `graphs`, training steps are captured and replayed.
     pub fn new(device: D, graphs: bool) -> Self {
-        let graphs = graphs.then(|| RefCell::new(GraphCache { seen: HashSet::new(), graphs: HashMap::new() }));
+        let graphs =
+            graphs.then(|| RefCell::new(GraphCache { seen: HashSet::new(), graphs: HashMap::new(), captured: 0 }));
         CudaBackend { device, graphs, partials: RefCell::new(None), failed: RefCell::new(None) }
     }
 
@@ -162,10 +165,10 @@ impl<D: Device> CudaBackend<D> {
         &self.device
     }
 
-    /// Training-step graphs captured so far: one per batch size and update, however the
-    /// learning rate moves.
+    /// Training-step graphs captured since the backend started: one per model, batch size
+    /// and update, however the learning rate moves.
     pub fn captured_graphs(&self) -> usize {
-        self.graphs.as_ref().map_or(0, |cache| cache.borrow().graphs.len())
+        self.graphs.as_ref().map_or(0, |cache| cache.borrow().captured)
     }
 
     /// Runs `work` on the device unless it has failed; keeps its error if it is the first.
@@ -242,7 +245,9 @@ impl<D: Device> CudaBackend<D> {
         step();
         if let Some(graph) = self.guard(|d| d.end_capture()) {
             self.guard(|d| d.replay(&graph));
-            cache.borrow_mut().graphs.insert(key, graph);
+            let mut cache = cache.borrow_mut();
+            cache.graphs.insert(key, graph);
+            cache.captured += 1;
         }
     }
 }
@@ -587,8 +592,15 @@ impl<D: Device> Backend for CudaBackend<D> {
     ) {
         let n = params.len;
         let SgdUpdate { nesterov, weight_decay } = update;
-        let call =
-            k::sgd_step(params.ptr(), grads.ptr(), momentum.ptr(), uint(n), scalars.ptr(), weight_decay, flag(nesterov));
+        let call = k::sgd_step(
+            params.ptr(),
+            grads.ptr(),
+            momentum.ptr(),
+            uint(n),
+            scalars.ptr(),
+            weight_decay,
+            flag(nesterov),
+        );
         self.launch_elementwise(call, n);
     }
 
