@@ -449,3 +449,67 @@ fn batch_sizes_that_cannot_be_honoured_are_refused_up_front() {
         .failure()
         .stderr(contains("--batch-size 500: the data set has only 120 training examples"));
 }
+
+#[test]
+fn a_preset_prints_in_full_and_later_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data"), tmp.path().join("run"));
+    write_dataset(&data);
+    cmd("train", &data)
+        .args(["--recipe", "fast", "--lr", "2e-3", "--augment", "shift", "--max-shift", "3", "--quiet", "--out"])
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(contains(
+            "1 epochs, batch 64, adamw lr 0.002 betas (0.9, 0.999) eps 1e-8 weight decay 1e-4, onecycle schedule, \
+             label smoothing 0.1, shift augmentation (±3 px), seed 0",
+        ));
+    // A one-cycle run cannot be stretched: its schedule was laid over its own length.
+    cmd("train", &data)
+        .args(["--epochs", "2", "--quiet", "--resume"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("follows a onecycle schedule over its 1 epochs"));
+}
+
+#[test]
+fn bad_recipe_flags_are_rejected_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (flags, reason) in [
+        (&["--label-smoothing", "1.5"][..], "outside [0, 1)"),
+        (&["--weight-decay", "-1"], "not a non-negative finite number"),
+        (&["--betas", "0.9"], "0.9 is not two numbers B1,B2"),
+        (&["--betas", "0.9,1"], "1 is outside [0, 1)"),
+        (&["--optimizer", "lion"], "lion"),
+        (&["--recipe", "fastest"], "fastest"),
+        (&["--max-shift", "0"], "0"),
+    ] {
+        cmd("train", tmp.path()).args(flags).assert().code(2).stderr(contains(reason));
+    }
+}
+
+#[test]
+fn compare_trains_each_recipe_and_reports_the_time_to_the_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("compare"));
+    write_dataset(&data);
+    cmd("compare", &data)
+        .args(["--recipes", "reference,fast", "--epochs", "2", "--target", "1", "--quiet", "--out"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(
+            contains("recipes reference: 2 epochs, batch 64, sgd").and(contains("fast: 2 epochs, batch 64, adamw")),
+        );
+    let table = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(table.contains("training s to 1 %"), "{table}");
+    for recipe in ["reference", "fast"] {
+        let row = table.lines().find(|l| l.starts_with(&format!("| original | 1 | {recipe} |"))).expect(recipe);
+        // Any network beats 1 % in its first epoch: the time column holds its seconds.
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[7], "1", "{row}");
+        assert!(cells[8].parse::<f64>().is_ok(), "{row}");
+        assert!(out.join(format!("{recipe}-original-d1/last.safetensors")).is_file());
+    }
+}

@@ -21,6 +21,7 @@ use resnet_mnist::backend::cuda::{CudaBackend, Device};
 use resnet_mnist::backend::{Backend, ConvShape, ParamSlot};
 use resnet_mnist::data::{self, DatasetKind, LoadOptions, Split, IMAGE_PIXELS};
 use resnet_mnist::model::{Arch, BlockKind, Model, Net};
+use resnet_mnist::recipe::Preset;
 use resnet_mnist::train::{DeviceSplit, EpochReport, Recipe, EVAL_BATCH};
 
 mod common;
@@ -187,19 +188,28 @@ fn one_epoch_trains_like_the_emulated_backend_and_reaches_98_percent_on_a_gpu() 
         return;
     };
     let recipe = Recipe { epochs: 1, ..Recipe::default() };
+    // The `best` recipe's parts too: AdamW, one-cycle, label smoothing, augmented gathers.
+    let best = Recipe { epochs: 1, batch_size: 64, ..Recipe::preset(Preset::Best) };
     if on_fake() {
         let (train, test) = (first(&dataset.train, 320), first(&dataset.test, 200));
-        let (reports, params) = train_epoch(backend, &train, &test, recipe);
-        let (emulated, emulated_params) = train_epoch(CudaBackend::new(EmuDevice::new(), true), &train, &test, recipe);
-        assert_eq!(reports[0].test.correct, emulated[0].test.correct, "test accuracy");
-        assert_eq!(reports[0].train_loss, emulated[0].train_loss, "train loss");
-        assert_eq!(params, emulated_params, "parameters after the epoch");
-        eprintln!("fake driver, 320 examples: {:.2} %, as emulated", reports[0].test.accuracy);
+        for recipe in [recipe, best] {
+            let (reports, params) = train_epoch(gpu(true).expect("opened above"), &train, &test, recipe);
+            let emulated_backend = CudaBackend::new(EmuDevice::new(), true);
+            let (emulated, emulated_params) = train_epoch(emulated_backend, &train, &test, recipe);
+            assert_eq!(reports[0].test.correct, emulated[0].test.correct, "{recipe}: test accuracy");
+            assert_eq!(reports[0].train_loss, emulated[0].train_loss, "{recipe}: train loss");
+            assert_eq!(params, emulated_params, "{recipe}: parameters after the epoch");
+            eprintln!("fake driver, 320 examples, {recipe}: {:.2} %, as emulated", reports[0].test.accuracy);
+        }
         return;
     }
     let (reports, _) = train_epoch(backend, &dataset.train, &dataset.test, recipe);
     eprintln!("1 epoch: {:.2} %, {:.0} images/s", reports[0].test.accuracy, reports[0].images_per_s);
     assert!(reports[0].test.accuracy >= 98.0, "test accuracy {:.2} %", reports[0].test.accuracy);
+    let fast = Recipe::preset(Preset::Fast);
+    let (reports, _) = train_epoch(gpu(true).expect("opened above"), &dataset.train, &dataset.test, fast);
+    eprintln!("1 epoch of {fast}: {:.2} %, {:.0} images/s", reports[0].test.accuracy, reports[0].images_per_s);
+    assert!(reports[0].test.accuracy >= 99.0, "fast recipe: test accuracy {:.2} %", reports[0].test.accuracy);
 }
 
 /// Every block variant, three blocks a stage, 4 steps of batch 64 then a short one, with

@@ -91,7 +91,7 @@ pub struct OptimArgs {
     /// The preset the other recipe flags override.
     #[arg(long, value_enum, default_value_t = Preset::Reference)]
     pub recipe: Preset,
-    /// Training batch size [default: the preset's: 64 reference, 128 fast and best]
+    /// Training batch size [default: the preset's: 64 reference and fast, 128 best]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch_size: Option<u32>,
     /// Learning rate, a schedule's peak [default: the preset's: 0.01 reference, 4e-3 fast, 3e-3 best]
@@ -111,8 +111,8 @@ pub struct OptimArgs {
     #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
     /// Adam's β1,β2, each in [0, 1) [default: 0.9,0.999]
-    #[arg(long, value_delimiter = ',', num_args = 2, value_parser = unit_interval, allow_negative_numbers = true)]
-    pub betas: Option<Vec<f32>>,
+    #[arg(long, value_name = "B1,B2", value_parser = betas, allow_negative_numbers = true)]
+    pub betas: Option<[f32; 2]>,
     /// Adam's eps, added to `√v̂` [default: 1e-8]
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub eps: Option<f32>,
@@ -149,7 +149,7 @@ impl OptimArgs {
             momentum: self.momentum.unwrap_or(preset.momentum),
             nesterov: self.nesterov || preset.nesterov,
             weight_decay: self.weight_decay.unwrap_or(preset.weight_decay),
-            betas: self.betas.as_ref().map_or(preset.betas, |b| [b[0], b[1]]),
+            betas: self.betas.unwrap_or(preset.betas),
             eps: self.eps.unwrap_or(preset.eps),
             schedule: self.schedule.unwrap_or(preset.schedule),
             label_smoothing: self.label_smoothing.unwrap_or(preset.label_smoothing),
@@ -345,6 +345,13 @@ fn non_negative(s: &str) -> Result<f32, String> {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         Ok(_) => Err(format!("{s} is not a non-negative finite number")),
         Err(e) => Err(format!("{s} is not a number: {e}")),
+    }
+}
+
+fn betas(s: &str) -> Result<[f32; 2], String> {
+    match s.split(',').map(unit_interval).collect::<Result<Vec<_>, _>>()?[..] {
+        [b1, b2] => Ok([b1, b2]),
+        _ => Err(format!("{s} is not two numbers B1,B2")),
     }
 }
 
