@@ -3,7 +3,8 @@
 # root, with device-bin/ built by scripts/build_device_bin.sh. In this order, each step with
 # its own time limit so that the whole stays under 8 minutes: nvidia-smi; the GPU tests
 # (tests/cuda_device.rs: every op against the CPU, sgemm, graph replay, every block variant,
-# a 1-epoch run to 98 %); `bench --device cuda`; a 20-epoch run with its wall time;
+# a 1-epoch run to 98 %, and one of the fast recipe to 99 %); `bench --device cuda`; a
+# 20-epoch run and a --recipe fast run with their wall times;
 # scripts/bench_vs_pytorch.py --device cuda when torch is there. A short table comes last.
 # Logs go to $OUT (or ./gpu-check-out).
 set -uo pipefail
@@ -57,6 +58,14 @@ rc=$?
 wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
 tail -4 "$out/train20.txt"
 row "20 epochs" "$(grep '^Best' "$out/train20.txt" | head -1) (wall ${wall} s, exit $rc)"
+
+step "--recipe fast on the GPU"
+start=$(date +%s.%N)
+timeout 60 "$bin/resnet-mnist" train --device cuda --recipe fast --quiet --out "$out/fast" >"$out/fast.txt" 2>&1
+rc=$?
+wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+tail -3 "$out/fast.txt"
+row "--recipe fast" "$(grep '^Best' "$out/fast.txt" | head -1) (wall ${wall} s, exit $rc)"
 
 step "bench_vs_pytorch.py --device cuda"
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
