@@ -1,4 +1,4 @@
-"""Side-by-side training/eval throughput of PyTorch (eager) and resnet-mnist.
+"""Side-by-side training/eval throughput of PyTorch and resnet-mnist.
 
 Both sides train the same residual CNN with the same recipe (batch 64,
 SGD lr 0.01 momentum 0.5, cross-entropy) on the full MNIST training set in a
@@ -8,6 +8,11 @@ shuffled order, and time an inference pass over the 10k test images.
     cargo build --release
     python3 scripts/bench_vs_pytorch.py [--threads 2] [--only torch|ours] [--device cuda]
                                         [--block preact --depth 10]
+                                        [--torch-mode eager|channels-last|compiled]
+
+PyTorch runs eager on NCHW tensors by default; `channels-last` converts the model and the
+data to channels_last, and `compiled` also wraps the model in torch.compile (its compile
+time falls in the untimed warm-up).
 
 The two sides run in turn, --repeats rounds each, so that both meet the same
 phases of a shared machine; reported rates are medians over the rounds, and
@@ -53,12 +58,20 @@ def parse_args():
     p.add_argument("--block", choices=["original", "plain", "relu-before-add", "preact", "scaled", "conv-shortcut"],
                    default="original", help="residual unit of both sides (default: %(default)s)")
     p.add_argument("--depth", type=int, default=1, help="blocks per stage (default: %(default)s, the reference)")
+    p.add_argument("--torch-mode", choices=["eager", "channels-last", "compiled"], default="eager",
+                   help="PyTorch's configuration (default: %(default)s)")
     return p.parse_args()
 
 
 def make_net(args):
-    """The tutorial's Net for the reference network, else VariantNet."""
-    return Net() if (args.block, args.depth) == ("original", 1) else VariantNet(args.block, args.depth)
+    """The tutorial's Net for the reference network in eager mode, else VariantNet (which is
+    Net at original/1, with the `flatten` that channels_last tensors need for Net's `view`)."""
+    reference = (args.block, args.depth) == ("original", 1) and args.torch_mode == "eager"
+    return Net() if reference else VariantNet(args.block, args.depth)
+
+
+def memory_format(args):
+    return torch.contiguous_format if args.torch_mode == "eager" else torch.channels_last
 
 
 def layer_macs(model):
@@ -87,9 +100,9 @@ def flops_per_image(args):
     return forward, 3 * forward - 2 * macs["conv1"]
 
 
-def load_split(mnist_dir, split, device):
+def load_split(mnist_dir, split, device, memory=torch.contiguous_format):
     images, labels = load_mnist(mnist_dir, split)
-    x = torch.from_numpy(normalize(images).copy()).to(device)
+    x = torch.from_numpy(normalize(images).copy()).to(device).contiguous(memory_format=memory)
     y = torch.from_numpy(labels.astype("int64")).to(device)
     return x, y
 
@@ -140,10 +153,12 @@ class TorchBench:
         torch.manual_seed(0)
         torch.set_num_threads(args.threads)
         self.args = args
-        self.x_train, self.y_train = load_split(args.mnist_dir, "train", args.device)
-        self.x_test, _ = load_split(args.mnist_dir, "t10k", args.device)
-        self.model = make_net(args).to(args.device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        memory = memory_format(args)
+        self.x_train, self.y_train = load_split(args.mnist_dir, "train", args.device, memory)
+        self.x_test, _ = load_split(args.mnist_dir, "t10k", args.device, memory)
+        net = make_net(args).to(args.device).to(memory_format=memory)
+        self.opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+        self.model = torch.compile(net) if args.torch_mode == "compiled" else net
         self.order = shuffled_batches(len(self.x_train), args.device)
         train_rate(self.model, self.opt, self.x_train, self.y_train, self.order, args.warmup, args.device)
         eval_rate(self.model, self.x_test[:args.eval_batch], args.eval_batch, args.device)
@@ -190,7 +205,7 @@ def machine_description(args):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    parts = [cpu, f"{args.threads} threads", f"torch {torch.__version__}"]
+    parts = [cpu, f"{args.threads} threads", f"torch {torch.__version__} ({args.torch_mode})"]
     if args.device == "cuda":
         parts.append(torch.cuda.get_device_name())
     return ", ".join(parts)

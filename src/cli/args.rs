@@ -97,8 +97,9 @@ pub struct OptimArgs {
     /// Learning rate, a schedule's peak [default: the preset's: 0.01 reference, 4e-3 fast, 3e-3 best]
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub lr: Option<f32>,
+    /// The optimizer, as torch.optim computes it [default: the preset's: sgd reference,
+    /// adamw fast and best]
     #[arg(long, value_enum)]
-    /// [default: the preset's: sgd reference, adamw fast and best]
     pub optimizer: Option<OptimizerKind>,
     /// SGD's momentum μ, in [0, 1) [default: 0.5]
     #[arg(long, value_parser = unit_interval, allow_negative_numbers = true)]
