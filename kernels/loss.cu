@@ -36,9 +36,10 @@ extern "C" __global__ void softmax_xent(const float* __restrict__ logits,
             dz[c] = expf(z[c] - max) / sum / (float)batch - spread / (float)batch;
         }
         dz[label] -= (1.0f - smoothing) / (float)batch;
-        const float nll = max + logf(sum) - z[label];
+        const float log_sum_exp = max + logf(sum);
+        const float nll = log_sum_exp - z[label];
         float uniform = 0.0f;
-        for (unsigned int c = 0; c < classes; ++c) uniform += max + logf(sum) - z[c];
+        for (unsigned int c = 0; c < classes; ++c) uniform += log_sum_exp - z[c];
         loss = (1.0f - smoothing) * nll + spread * uniform;
         hit = arg == label;
     }

@@ -661,7 +661,8 @@ fn softmax_xent_row(z: &[f32], label: usize, batch: f32, smoothing: f32, dz: &mu
         *d = (v - max).exp() / sum / batch - spread / batch;
     }
     dz[label] -= (1.0 - smoothing) / batch;
-    let nll = max + sum.ln() - z[label];
-    let uniform: f32 = z.iter().map(|&v| max + sum.ln() - v).sum();
+    let log_sum_exp = max + sum.ln();
+    let nll = log_sum_exp - z[label];
+    let uniform: f32 = z.iter().map(|&v| log_sum_exp - v).sum();
     ((1.0 - smoothing) * nll + spread * uniform, arg == label)
 }
