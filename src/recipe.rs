@@ -193,10 +193,10 @@ impl Recipe {
             OptimizerKind::Sgd => Update::Sgd(SgdUpdate { nesterov: self.nesterov, weight_decay }),
             OptimizerKind::Adam | OptimizerKind::Adamw => {
                 let decoupled = self.optimizer == OptimizerKind::Adamw;
-                let beta2 = f64::from(self.betas[1]);
+                let beta2 = self.betas[1];
                 Update::Adam(AdamUpdate {
-                    beta2: beta2 as f32,
-                    one_minus_beta2: (1.0 - beta2) as f32,
+                    beta2,
+                    one_minus_beta2: (1.0 - f64::from(beta2)) as f32,
                     eps: self.eps,
                     l2: if decoupled { 0.0 } else { weight_decay },
                 })

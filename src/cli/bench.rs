@@ -41,10 +41,11 @@ pub fn bench<B: Backend>(backend: B, dataset: &Dataset, args: &BenchArgs) -> Res
     let mut time_steps = |repeat: usize, steps: usize| {
         let order = epoch_order(args.common.seed, repeat, train_split.len);
         let order = model.backend.upload_idx(&order);
+        let augment = recipe.augmentation(repeat);
         let started = Instant::now();
         for step in 0..steps {
             let start = (step * batch) % (train_split.len - batch + 1);
-            let (ws, augment) = (&mut model.ws, recipe.augmentation(repeat));
+            let ws = &mut model.ws;
             model.backend.gather(&train_split.data, &order, start, batch, &mut ws.x, &mut ws.labels, augment.as_ref());
             model.train_step(batch, &recipe, total_steps);
         }
