@@ -8,18 +8,20 @@ shuffled order, and time an inference pass over the 10k test images.
     cargo build --release
     python3 scripts/bench_vs_pytorch.py [--threads 2] [--only torch|ours] [--device cuda]
                                         [--block preact --depth 10]
-                                        [--torch-mode eager|channels-last|compiled]
+                                        [--torch-mode all|eager|channels-last|compile|compile-channels-last]
 
-PyTorch runs eager on NCHW tensors by default; `channels-last` converts the model and the
-data to channels_last, and `compiled` also wraps the model in torch.compile (its compile
-time falls in the untimed warm-up).
+PyTorch runs in each `--torch-mode` (default: all four): eager on NCHW tensors, eager on
+channels_last (oneDNN's blocked kernels), and either under torch.compile (inductor; compile
+time falls in the untimed warm-up). Ours is compared with each, and with the fastest mode of
+each phase, which is what a PyTorch user who cares about speed would run.
 
-The two sides run in turn, --repeats rounds each, so that both meet the same
-phases of a shared machine; reported rates are medians over the rounds, and
-the ratio is the median of each round's ratio. FLOP counts include
-only convolution and linear multiply-adds (2 FLOPs per MAC); a training step
-counts 3x the forward pass minus conv1's input gradient, which is never
-computed.
+Each round runs every PyTorch mode and then ours, --repeats rounds, so that all meet the
+same phases of a shared machine; reported rates are medians over the rounds, and a ratio is
+the median of each round's ratio. FLOP counts include only convolution and linear
+multiply-adds (2 FLOPs per MAC, as the direct convolution does them); a training step
+counts 3x the forward pass minus conv1's input gradient, which is never computed. Once per
+run the script also times the machine's sgemm (numpy's `a @ b`, 2048^3, best of 5, on
+--threads threads) and gives every GFLOP/s as a fraction of it.
 """
 
 import argparse
@@ -28,6 +30,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,8 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_model import (LR, MOMENTUM, REPO_ROOT, Net, VariantNet, add_mnist_dir_argument, load_mnist,
-                             normalize)
+from reference_model import (LR, MOMENTUM, REPO_ROOT, TORCH_MODES, Net, VariantNet, add_mnist_dir_argument, in_mode,
+                             load_mnist, memory_format, normalize)
 
 BATCH = 64
 
@@ -58,20 +61,30 @@ def parse_args():
     p.add_argument("--block", choices=["original", "plain", "relu-before-add", "preact", "scaled", "conv-shortcut"],
                    default="original", help="residual unit of both sides (default: %(default)s)")
     p.add_argument("--depth", type=int, default=1, help="blocks per stage (default: %(default)s, the reference)")
-    p.add_argument("--torch-mode", choices=["eager", "channels-last", "compiled"], default="eager",
-                   help="PyTorch's configuration (default: %(default)s)")
-    return p.parse_args()
+    p.add_argument("--torch-mode", choices=("all",) + TORCH_MODES, default="all",
+                   help="PyTorch's configuration, or all of them in every round (default: %(default)s)")
+    args = p.parse_args()
+    args.torch_modes = TORCH_MODES if args.torch_mode == "all" else (args.torch_mode,)
+    return args
 
 
 def make_net(args):
-    """The tutorial's Net for the reference network in eager mode, else VariantNet (which is
-    Net at original/1, with the `flatten` that channels_last tensors need for Net's `view`)."""
-    reference = (args.block, args.depth) == ("original", 1) and args.torch_mode == "eager"
-    return Net() if reference else VariantNet(args.block, args.depth)
+    """The tutorial's Net for the reference network, else VariantNet."""
+    return Net() if (args.block, args.depth) == ("original", 1) else VariantNet(args.block, args.depth)
 
 
-def memory_format(args):
-    return torch.contiguous_format if args.torch_mode == "eager" else torch.channels_last
+def sgemm_gflops(threads):
+    """The machine's sgemm rate: numpy (OpenBLAS) `a @ b` at 2048^3, best of 5, in a child
+    process so that its thread count can be set before OpenBLAS starts."""
+    code = ("import time\nimport numpy as np\n"
+            "a, b = (np.random.default_rng(i).random((2048, 2048), dtype=np.float32) for i in range(2))\n"
+            "times = []\n"
+            "for _ in range(5):\n"
+            "    t = time.perf_counter(); a @ b; times.append(time.perf_counter() - t)\n"
+            "print(2 * 2048 ** 3 / min(times) / 1e9)\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip())
 
 
 def layer_macs(model):
@@ -147,18 +160,17 @@ def eval_rate(model, x, eval_batch, device):
 
 
 class TorchBench:
-    """The PyTorch side, set up and warmed up once; each call of `run` is one timed round."""
+    """One PyTorch mode, set up and warmed up once; each call of `run` is one timed round."""
 
-    def __init__(self, args):
+    def __init__(self, args, mode):
         torch.manual_seed(0)
         torch.set_num_threads(args.threads)
         self.args = args
-        memory = memory_format(args)
+        memory = memory_format(mode)
         self.x_train, self.y_train = load_split(args.mnist_dir, "train", args.device, memory)
         self.x_test, _ = load_split(args.mnist_dir, "t10k", args.device, memory)
-        net = make_net(args).to(args.device).to(memory_format=memory)
+        net, self.model = in_mode(make_net(args).to(args.device), mode)
         self.opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-        self.model = torch.compile(net) if args.torch_mode == "compiled" else net
         self.order = shuffled_batches(len(self.x_train), args.device)
         train_rate(self.model, self.opt, self.x_train, self.y_train, self.order, args.warmup, args.device)
         eval_rate(self.model, self.x_test[:args.eval_batch], args.eval_batch, args.device)
@@ -187,14 +199,15 @@ def run_ours(args):
 
 
 def bench(args):
-    """Rounds of both sides taken in turn, so that both meet the same phases of a shared,
-    noisy machine; the ratio reported is the median of each round's ratio."""
-    torch_side = TorchBench(args) if args.only != "ours" else None
+    """Rounds of every PyTorch mode and ours taken in turn, so that all meet the same phases
+    of a shared, noisy machine. Each round is {side: {phase key: images/s}}."""
+    torch_sides = {m: TorchBench(args, m) for m in args.torch_modes} if args.only != "ours" else {}
     rounds = []
     for _ in range(args.repeats):
-        t = torch_side.run() if torch_side else {}
-        o = run_ours(args) if args.only != "torch" else {}
-        rounds.append((t, o))
+        r = {mode: side.run() for mode, side in torch_sides.items()}
+        if args.only != "torch":
+            r["ours"] = run_ours(args)
+        rounds.append(r)
     return rounds
 
 
@@ -205,14 +218,10 @@ def machine_description(args):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    parts = [cpu, f"{args.threads} threads", f"torch {torch.__version__} ({args.torch_mode})"]
+    parts = [cpu, f"{args.threads} threads", f"torch {torch.__version__}"]
     if args.device == "cuda":
         parts.append(torch.cuda.get_device_name())
     return ", ".join(parts)
-
-
-def fmt(value, width, decimals):
-    return "-".rjust(width) if value is None else f"{value:{width}.{decimals}f}"
 
 
 def median_of(values):
@@ -220,32 +229,40 @@ def median_of(values):
     return statistics.median(values) if values else None
 
 
-def print_report(args, rounds):
+def ratio_of(rounds, key, side, other):
+    """The median over the rounds of ours / `other` for `key`, and each round's ratio."""
+    per_round = [r[side][key] / r[other][key] for r in rounds if side in r and other in r]
+    return median_of(per_round), per_round
+
+
+def print_report(args, rounds, sgemm):
     fwd_flops, train_flops = flops_per_image(args)
-    print(f"machine: {machine_description(args)}")
-    print(f"{args.block} blocks, depth {args.depth}; device {args.device}, batch {BATCH}, {args.steps} train steps, eval batch {args.eval_batch}, "
-          f"median of {args.repeats} rounds, the two sides in turn")
+    print(f"machine: {machine_description(args)}; sgemm (numpy 2048^3) {sgemm:.1f} GFLOP/s")
+    print(f"{args.block} blocks, depth {args.depth}; device {args.device}, batch {BATCH}, {args.steps} train steps, "
+          f"eval batch {args.eval_batch}, median of {args.repeats} rounds, the sides in turn")
     print(f"FLOPs/image: forward {fwd_flops / 1e6:.3f} M, training step {train_flops / 1e6:.3f} M")
-    print()
-    print(f"{'':6} {'PyTorch img/s':>14} {'ours img/s':>12} {'ours/torch':>10} "
-          f"{'PyTorch GFLOP/s':>16} {'ours GFLOP/s':>13}")
+    sides = [s for s in (*args.torch_modes, "ours") if s in rounds[0]]
     for phase, flops in (("train", train_flops), ("eval", fwd_flops)):
         key = f"{phase}_images_per_s"
-        t = median_of(r[0].get(key) for r in rounds)
-        o = median_of(r[1].get(key) for r in rounds)
-        ratio = median_of(r[1][key] / r[0][key] if key in r[0] and key in r[1] else None for r in rounds)
-        print(f"{phase:6} {fmt(t, 14, 1)} {fmt(o, 12, 1)} {fmt(ratio, 10, 2)} "
-              f"{fmt(t and t * flops / 1e9, 16, 2)} {fmt(o and o * flops / 1e9, 13, 2)}")
-    if args.only is None and len(rounds) > 1:
-        for phase in ("train", "eval"):
-            key = f"{phase}_images_per_s"
-            ratios = " ".join(f"{o[key] / t[key]:.2f}" for t, o in rounds)
-            print(f"{phase} ratio per round: {ratios}")
+        rates = {s: median_of(r[s][key] for r in rounds) for s in sides}
+        torch_modes = [s for s in sides if s != "ours"]
+        fastest = max(torch_modes, key=rates.get) if torch_modes else None
+        print(f"\n{phase:38} {'images/s':>12} {'GFLOP/s':>8} {'of sgemm':>9} {'ours/it':>8}  per round")
+        for s in sides:
+            gflops = rates[s] * flops / 1e9
+            ratio, per_round = ratio_of(rounds, key, "ours", s) if s != "ours" else (None, [])
+            name = f"torch {s}" + (" (fastest)" if s == fastest else "") if s != "ours" else "ours"
+            shown = f"{ratio:7.2f}x" if ratio is not None else " " * 8
+            print(f"  {name:38} {rates[s]:10.1f} {gflops:8.1f} {100 * gflops / sgemm:8.0f}% {shown}  "
+                  + " ".join(f"{x:.2f}" for x in per_round))
+        if fastest and "ours" in sides:
+            print(f"  ours / PyTorch's fastest {phase} mode ({fastest}): {ratio_of(rounds, key, 'ours', fastest)[0]:.2f}x")
 
 
 def main():
     args = parse_args()
-    print_report(args, bench(args))
+    sgemm = sgemm_gflops(args.threads)
+    print_report(args, bench(args), sgemm)
 
 
 if __name__ == "__main__":

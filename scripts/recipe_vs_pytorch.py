@@ -7,15 +7,15 @@ training set, data resident in memory, and test it on the 10k test images after 
 - best: the same with batch 128, lr 3e-3, per-example RandomAffine(10, (0.1, 0.1), (0.9, 1.1)) and 20
   epochs (PyTorch side: one batched affine_grid + grid_sample per batch, its fastest way).
 
-PyTorch runs in `--torch-mode`: eager (NCHW), channels_last, or compiled (channels_last and
-torch.compile, its fastest CPU configuration; compile time is part of its wall time, and is
-reported apart as well). Seeds alternate between the two sides so that both meet the same
+PyTorch runs in `--torch-mode`: eager (NCHW), channels-last, compile (torch.compile) or
+compile-channels-last (the default; compile time is part of its wall time, and is reported
+apart as well). Seeds alternate between the two sides so that both meet the same
 phases of a shared machine. Wall time runs from the process start to the last printed
 accuracy.
 
     pip install torch torchvision numpy
     cargo build --release
-    python3 scripts/recipe_vs_pytorch.py --recipe fast --seeds 0,1,2 [--torch-mode compiled] [--threads 2]
+    python3 scripts/recipe_vs_pytorch.py --recipe fast --seeds 0,1,2 [--torch-mode channels-last] [--threads 2]
 """
 
 import argparse
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reference_model import REPO_ROOT, add_mnist_dir_argument
+from reference_model import REPO_ROOT, TORCH_MODES, add_mnist_dir_argument
 
 RECIPES = {
     "fast": dict(lr=4e-3, weight_decay=1e-4, batch=64, smoothing=0.1, epochs=1, augment=False),
@@ -45,7 +45,7 @@ def parse_args():
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one run per side each")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for both sides")
-    p.add_argument("--torch-mode", choices=["eager", "channels-last", "compiled"], default="compiled")
+    p.add_argument("--torch-mode", choices=TORCH_MODES, default="compile-channels-last")
     p.add_argument("--bin", type=Path, default=REPO_ROOT / "target/release/resnet-mnist")
     p.add_argument("--only", choices=["torch", "ours"], help="run only one side")
     p.add_argument("--torch-run", action="store_true", help=argparse.SUPPRESS)
@@ -59,7 +59,7 @@ def torch_run(args):
     import torch
     import torch.nn.functional as F
 
-    from reference_model import Net, VariantNet, load_mnist, normalize
+    from reference_model import Net, in_mode, load_mnist, memory_format, normalize
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -72,14 +72,12 @@ def torch_run(args):
     test_images, test_labels = load_mnist(args.mnist_dir, "t10k")
     tx = torch.from_numpy(normalize(test_images).copy())
     ty = torch.from_numpy(test_labels.astype("int64"))
-    memory = torch.channels_last if args.torch_mode != "eager" else torch.contiguous_format
+    memory = memory_format(args.torch_mode)
     tx = tx.contiguous(memory_format=memory)
-    # VariantNet("original", 1) is Net with `flatten` for its `view`, which channels_last refuses.
-    model = (Net() if args.torch_mode == "eager" else VariantNet("original", 1)).to(memory_format=memory)
+    model, forward = in_mode(Net(), args.torch_mode)
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     steps_per_epoch = math.ceil(len(y) / r["batch"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["epochs"] * steps_per_epoch)
-    forward = torch.compile(model) if args.torch_mode == "compiled" else model
     mean, std = 0.1307, 0.3081
 
     def augment(xb):

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -53,7 +54,8 @@ class Net(nn.Module):
         x = self.rblock1(x)
         x = self.mp(F.relu(self.conv2(x)))
         x = self.rblock2(x)
-        x = x.view(in_size, -1)
+        # The tutorial's `view`, as `reshape`: channels_last tensors refuse a view here.
+        x = x.reshape(in_size, -1)
         return self.fc(x)
 
 
@@ -115,6 +117,20 @@ class VariantNet(nn.Module):
         x = self.mp(F.relu(self.conv2(x)))
         x = getattr(self, self.stages[1])(x)
         return self.fc(x.flatten(1))
+
+
+# PyTorch's CPU configurations the scripts compare against: memory format, torch.compile or not.
+TORCH_MODES = ("eager", "channels-last", "compile", "compile-channels-last")
+
+
+def memory_format(mode):
+    return torch.channels_last if mode.endswith("channels-last") else torch.contiguous_format
+
+
+def in_mode(model, mode):
+    """`model` in `mode`'s memory format, and the callable that runs its forward pass."""
+    model = model.to(memory_format=memory_format(mode))
+    return model, torch.compile(model) if mode.startswith("compile") else model
 
 
 def read_idx(path):
