@@ -1,17 +1,11 @@
-//! The CPU backend: direct convolutions with register-tiled SIMD kernels ([`conv`]), the
-//! `gemm` crate for the linear layer, batch images split into tasks that rayon runs in
-//! parallel, plain loops for the rest.
+//! The CPU backend: register-tiled SIMD convolutions ([`conv`]), the `gemm` crate for the
+//! linear layer, batch images split into tasks that rayon runs in parallel, plain loops for
+//! the rest.
 //!
 //! Task boundaries depend only on the shapes, and per-task partial gradients are summed in
 //! task order, so results are bit-identical whatever the thread count.
 
 mod conv;
-
-use conv::{rows, scatter};
-
-use std::cell::RefCell;
-use std::ops::Range;
-use std::sync::{Mutex, MutexGuard};
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -26,9 +20,6 @@ use crate::data::IMAGE_SIDE;
 pub const PIXEL_MEAN: f32 = 0.1307;
 pub const PIXEL_STD: f32 = 0.3081;
 
-/// Output pixels a filter-gradient task aims for: enough to amortize its setup, few enough
-/// that the tasks of a batch keep both cores busy.
-const TASK_PIXELS: usize = 512;
 /// Elements per task for element-wise ops.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
@@ -41,11 +32,7 @@ pub struct ThreadPoolError {
 
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
-    /// Per-task partial parameter gradients, kept to avoid allocating in the training step.
-    partials: Mutex<Vec<f32>>,
-    /// Convolution weights packed for the kernels, likewise kept.
-    packed: Mutex<Vec<f32>>,
-    isa: conv::Isa,
+    conv: conv::Convolutions,
 }
 
 pub struct CpuData {
@@ -64,14 +51,13 @@ impl CpuBackend {
             .thread_name(|i| format!("cpu-backend-{i}"))
             .build()
             .map_err(|source| ThreadPoolError { threads, source })?;
-        let (partials, packed) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
-        Ok(CpuBackend { pool, partials, packed, isa: conv::Isa::detect() })
+        Ok(CpuBackend { pool, conv: conv::Convolutions::new(conv::Isa::detect()) })
     }
 
     /// This backend running the portable convolution kernels, as on a CPU without AVX2 and
     /// FMA: to check one set of kernels against the other.
     pub fn with_portable_kernels(self) -> Self {
-        CpuBackend { isa: conv::Isa::portable(), ..self }
+        CpuBackend { conv: conv::Convolutions::new(conv::Isa::portable()), ..self }
     }
 
     pub fn threads(&self) -> usize {
@@ -133,142 +119,12 @@ fn matmul(dst: &mut [f32], a: Mat, b: Mat) {
     }
 }
 
-/// Locks `buf` grown to at least `len` floats. Buffers never shrink, so that the training
-/// step does not allocate once the first step has run.
-fn grown(buf: &Mutex<Vec<f32>>, len: usize) -> MutexGuard<'_, Vec<f32>> {
-    let mut buf = buf.lock().unwrap_or_else(|e| e.into_inner());
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    buf
-}
-
-thread_local! {
-    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
-}
-
-/// Runs `f` with two per-thread scratch buffers of the given lengths; they only grow.
-fn with_scratch<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| {
-        let [a, b] = &mut *cell.borrow_mut();
-        for (buf, len) in [(&mut *a, a_len), (&mut *b, b_len)] {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
-        f(&mut a[..a_len], &mut b[..b_len])
-    })
-}
-
-/// How a batch splits into tasks of whole images for the filter gradient: each task sums its
-/// own partial gradient, and the partials are added in task order.
-#[derive(Clone, Copy)]
-struct Tasks {
-    images_per_task: usize,
-    count: usize,
-}
-
-impl Tasks {
-    fn for_filter_grad(s: &ConvShape) -> Self {
-        let images_per_task = (TASK_PIXELS / (s.h_out() * s.w_out()).max(1)).clamp(1, s.batch.max(1));
-        Tasks { images_per_task, count: s.batch.div_ceil(images_per_task) }
-    }
-
-    fn images(&self, task: usize, batch: usize) -> Range<usize> {
-        let start = task * self.images_per_task;
-        start..(start + self.images_per_task).min(batch)
-    }
-}
-
 fn par_map2(a: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(a.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(o, a)| {
         for (o, &a) in o.iter_mut().zip(a) {
             *o = f(a, *o);
         }
     });
-}
-
-impl CpuBackend {
-    /// Runs `f(image, out)` over every image of `src` (`in_len` floats each) and its
-    /// `out_len` floats of `out`, images in parallel.
-    fn per_image(
-        &self,
-        src: &[f32],
-        in_len: usize,
-        out: &mut [f32],
-        out_len: usize,
-        f: impl Fn(&[f32], &mut [f32]) + Sync,
-    ) {
-        self.pool.install(|| {
-            out.par_chunks_mut(out_len).zip(src.par_chunks(in_len)).for_each(|(out, src)| f(src, out));
-        });
-    }
-
-    /// Runs `conv` over every image of `src`, writing the images of `out`.
-    fn conv_images(&self, conv: &conv::Conv, src: &[f32], out: &mut [f32]) {
-        self.per_image(src, conv.in_len(), out, conv.out_len(), |src, out| {
-            with_scratch(conv.planes.len(), 0, |scratch, _| {
-                let input = conv.pad(src, scratch);
-                self.isa.run(conv::ConvImage { conv, input, out });
-            });
-        });
-    }
-
-    /// The forward pass of a layer the row kernels serve ([`rows::fits`]).
-    fn row_forward(&self, s: &ConvShape, x: &[f32], params: &[f32], slot: ParamSlot, y: &mut [f32], relu: bool) {
-        let mut packed = grown(&self.packed, s.weight_len());
-        let weights = &mut packed[..s.weight_len()];
-        rows::pack_forward(s, &params[slot.weight()], weights);
-        let (planes, kernel, bias) = (conv::Planes::input(s), s.kernel, &params[slot.bias()]);
-        let weights = &*weights;
-        self.per_image(x, s.in_image(), y, s.out_image(), |src, out| {
-            with_scratch(planes.len(), 0, |scratch, _| {
-                let input = conv::pad_planes(src, s.height, s.width, s.pad as isize, planes, scratch);
-                self.isa.run(rows::RowForward { input, planes, kernel, weights, bias, relu, out });
-            });
-        });
-    }
-
-    /// The data gradient of a layer the scatter serves ([`scatter::fits`]), over weights from
-    /// [`scatter::pack`].
-    fn scatter_backward_data(&self, s: &ConvShape, weights: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
-        let full_len = scatter::full_pixels(s) * conv::padded(s.c_in);
-        self.per_image(dy, s.out_image(), dx, s.in_image(), |dy, dx| {
-            with_scratch(full_len, 0, |full, _| {
-                full.fill(0.0);
-                self.isa.run(scatter::ScatterImage { s, weights, dy, out: full });
-                scatter::unpack(s, full, dx, accumulate);
-            });
-        });
-    }
-
-    /// Fills `partials` with one partial gradient per task of the filter gradient of `s`,
-    /// `f(x, dy, partial)` over the task's images, and sums them in task order into the first.
-    fn filter_grad_tasks(
-        &self,
-        s: &ConvShape,
-        x: &[f32],
-        dy: &[f32],
-        partials: &mut [f32],
-        f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
-    ) {
-        let tasks = Tasks::for_filter_grad(s);
-        let partial_len = partials.len() / tasks.count;
-        self.pool.install(|| {
-            partials.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
-                let images = tasks.images(task, s.batch);
-                let x = &x[images.start * s.in_image()..images.end * s.in_image()];
-                let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
-                f(x, dy, partial);
-            });
-        });
-        let (sum, rest) = partials.split_at_mut(partial_len);
-        for partial in rest.chunks_exact(partial_len) {
-            for (s, p) in sum.iter_mut().zip(partial) {
-                *s += p;
-            }
-        }
-    }
 }
 
 impl Backend for CpuBackend {
@@ -278,7 +134,7 @@ impl Backend for CpuBackend {
     type StatsBuf = CpuStats;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads, {})", self.threads(), self.isa.name())
+        format!("cpu ({} threads, {})", self.threads(), self.conv.isa().name())
     }
 
     fn zeros(&self, len: usize) -> Vec<f32> {
@@ -359,15 +215,8 @@ impl Backend for CpuBackend {
         y: &mut Vec<f32>,
         relu: bool,
     ) {
-        if rows::fits(s) {
-            return self.row_forward(s, &x[..s.in_len()], params, slot, &mut y[..s.out_len()], relu);
-        }
-        let (taps, stride) = (s.patch(), conv::padded(s.c_out));
-        let mut packed = grown(&self.packed, (taps + 1) * stride);
-        let (weights, bias) = packed[..(taps + 1) * stride].split_at_mut(taps * stride);
-        conv::pack_forward(s, &params[slot.weight()], &params[slot.bias()], weights, bias);
-        let conv = conv::Conv::forward(s, weights, bias, relu);
-        self.conv_images(&conv, &x[..s.in_len()], &mut y[..s.out_len()]);
+        let (weight, bias) = (&params[slot.weight()], &params[slot.bias()]);
+        self.pool.install(|| self.conv.forward(s, x, weight, bias, y, relu));
     }
 
     fn conv2d_backward_data(
@@ -379,18 +228,7 @@ impl Backend for CpuBackend {
         dx: &mut Vec<f32>,
         accumulate: bool,
     ) {
-        // Both packings hold taps `(co, ky, kx)` by input channels.
-        let len = s.c_out * s.kernel * s.kernel * conv::padded(s.c_in);
-        let mut packed = grown(&self.packed, len);
-        let weights = &mut packed[..len];
-        let (dy, dx) = (&dy[..s.out_len()], &mut dx[..s.in_len()]);
-        if scatter::fits(s) {
-            scatter::pack(s, &params[slot.weight()], weights);
-            return self.scatter_backward_data(s, weights, dy, dx, accumulate);
-        }
-        conv::pack_backward_data(s, &params[slot.weight()], weights);
-        let conv = conv::Conv::backward_data(s, weights, accumulate);
-        self.conv_images(&conv, dy, dx);
+        self.pool.install(|| self.conv.backward_data(s, &params[slot.weight()], dy, dx, accumulate));
     }
 
     fn conv2d_backward_params(
@@ -401,49 +239,7 @@ impl Backend for CpuBackend {
         grads: &mut Vec<f32>,
         slot: ParamSlot,
     ) {
-        let planes = conv::Planes::input(s);
-        let tasks = Tasks::for_filter_grad(s).count;
-        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
-        if rows::fits(s) {
-            let mut partials = grown(&self.partials, tasks * slot.len());
-            let partials = &mut partials[..tasks * slot.len()];
-            self.filter_grad_tasks(s, x, dy, partials, |x, dy, out| {
-                let images = x.len() / s.in_image();
-                with_scratch(images * planes.len(), 0, |scratch, _| {
-                    let input = conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
-                    self.isa.run(rows::RowFilterGrad {
-                        input,
-                        planes,
-                        kernel: s.kernel,
-                        dy,
-                        out_channels: s.c_out,
-                        out,
-                    });
-                });
-            });
-            grads.copy_from_slice(&partials[..slot.len()]);
-            return;
-        }
-        let (taps, stride, pixels) = (s.patch(), conv::padded(s.c_out), s.h_out() * s.w_out());
-        let partial_len = (taps + 1) * stride;
-        let mut partials = grown(&self.partials, tasks * partial_len);
-        let partials = &mut partials[..tasks * partial_len];
-        self.filter_grad_tasks(s, x, dy, partials, |x, dy, partial| {
-            let images = x.len() / s.in_image();
-            let (out, bias_grad) = partial.split_at_mut(taps * stride);
-            with_scratch(images * planes.len(), images * pixels * stride, |scratch, dy_last| {
-                let input = conv::pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
-                bias_grad.fill(0.0);
-                for (dy, dy_last) in dy.chunks_exact(s.out_image()).zip(dy_last.chunks_exact_mut(pixels * stride)) {
-                    conv::pack_output_grad(dy, pixels, dy_last, &mut bias_grad[..s.c_out]);
-                }
-                let (kernel, out_channels) = (s.kernel, s.c_out);
-                self.isa.run(conv::FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out });
-            });
-        });
-        let (dw, db) = grads.split_at_mut(s.weight_len());
-        conv::unpack_filter_grad(&partials[..taps * stride], s.c_out, dw);
-        db.copy_from_slice(&partials[taps * stride..][..s.c_out]);
+        self.pool.install(|| self.conv.backward_params(s, x, dy, &mut grads[slot.offset..slot.offset + slot.len()]));
     }
 
     fn relu_backward(&self, len: usize, y: &Vec<f32>, dy: &mut Vec<f32>) {
@@ -473,7 +269,7 @@ impl Backend for CpuBackend {
                 .zip(idx.par_chunks_mut(plane_out))
                 .zip(x[..s.in_len()].par_chunks(plane_in))
                 .with_min_len(16)
-                .for_each(|((y, idx), x)| self.isa.run(MaxPoolPlane { width: s.width, x, y, idx }));
+                .for_each(|((y, idx), x)| self.conv.isa().run(MaxPoolPlane { width: s.width, x, y, idx }));
         });
     }
 

@@ -15,7 +15,9 @@
 
 use std::array;
 
-use super::{vector, with_tile, Kernel, Planes, Simd, ACCUMULATORS, LANES};
+use super::{
+    pad_planes, vector, with_scratch, with_tile, Convolutions, FilterGrad, Kernel, Planes, Simd, ACCUMULATORS, LANES,
+};
 use crate::backend::ConvShape;
 
 /// Pixel vectors a forward tile covers: with 6 channels, 12 accumulators, 2 pixel vectors
@@ -38,9 +40,43 @@ fn channel_groups(channels: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..channels).step_by(TILE_CHANNELS).map(move |first| (first, TILE_CHANNELS.min(channels - first)))
 }
 
+pub fn forward(
+    convs: &Convolutions,
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    relu: bool,
+) {
+    let mut packed = convs.packed(s.weight_len());
+    let weights = &mut packed[..s.weight_len()];
+    pack_forward(s, weight, weights);
+    let (planes, kernel, weights) = (Planes::input(s), s.kernel, &*weights);
+    convs.per_image(x, s.in_image(), y, s.out_image(), |src, out| {
+        with_scratch(planes.len(), 0, |scratch, _| {
+            let input = pad_planes(src, s.height, s.width, s.pad as isize, planes, scratch);
+            convs.isa.run(RowForward { input, planes, kernel, weights, bias, relu, out });
+        });
+    });
+}
+
+pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32], grads: &mut [f32]) {
+    let planes = Planes::input(s);
+    let partials = convs.filter_grad_tasks(s, x, dy, grads.len(), |x, dy, out| {
+        let images = x.len() / s.in_image();
+        with_scratch(images * planes.len(), 0, |scratch, _| {
+            let input = pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
+            let (kernel, out_channels) = (s.kernel, s.c_out);
+            convs.isa.run(RowFilterGrad(FilterGrad { input, planes, kernel, dy, out_channels, out }));
+        });
+    });
+    grads.copy_from_slice(&partials[..grads.len()]);
+}
+
 /// Packs `W[co][tap]` for [`RowForward`]: for each group of output channels a tile covers,
 /// taps `(ci, ky, kx)` by the group's channels, so that a tile reads its weights in order.
-pub fn pack_forward(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
+fn pack_forward(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
     let taps = s.patch();
     for (first, n) in channel_groups(s.c_out) {
         let group = &mut dst[first * taps..][..n * taps];
@@ -53,7 +89,7 @@ pub fn pack_forward(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
 }
 
 /// The forward pass of one image: `y = conv(x, W) + b`, then ReLU when `relu`.
-pub struct RowForward<'a> {
+struct RowForward<'a> {
     /// The image's padded input planes.
     pub input: &'a [f32],
     pub planes: Planes,
@@ -127,34 +163,27 @@ fn forward_tile<S: Simd, const CO: usize, const PV: usize>(
     }
 }
 
-/// The weight and bias gradients of a group of images, `[co][ci][ky][kx]` then `[co]`.
-pub struct RowFilterGrad<'a> {
-    /// Each image's padded input planes.
-    pub input: &'a [f32],
-    pub planes: Planes,
-    pub kernel: usize,
-    /// Each image's output gradient, NCHW.
-    pub dy: &'a [f32],
-    pub out_channels: usize,
-    pub out: &'a mut [f32],
-}
+/// The weight and bias gradients of a group of images, `[co][ci][ky][kx]` then `[co]`, from
+/// the output gradient NCHW.
+struct RowFilterGrad<'a>(FilterGrad<'a>);
 
 impl Kernel for RowFilterGrad<'_> {
     #[inline(always)]
-    fn run<S: Simd>(mut self, simd: S) {
-        let k = self.kernel;
-        for first in (0..self.out_channels).step_by(2) {
-            let n = 2.min(self.out_channels - first);
-            for ci in 0..self.planes.channels {
+    fn run<S: Simd>(self, simd: S) {
+        let mut g = self.0;
+        let k = g.kernel;
+        for first in (0..g.out_channels).step_by(2) {
+            let n = 2.min(g.out_channels - first);
+            for ci in 0..g.planes.channels {
                 for ky in 0..k {
                     for kx in (0..k).step_by(ROW_TAPS) {
                         let t = ROW_TAPS.min(k - kx);
-                        with_tile!(n, t, filter_tile(simd, &mut self, first, ci, ky, kx));
+                        with_tile!(n, t, filter_tile(simd, &mut g, first, ci, ky, kx));
                     }
                 }
             }
         }
-        bias_grad(simd, &mut self);
+        bias_grad(simd, &mut g);
     }
 }
 
@@ -162,7 +191,7 @@ impl Kernel for RowFilterGrad<'_> {
 #[inline(always)]
 fn filter_tile<S: Simd, const T: usize, const CO: usize>(
     simd: S,
-    g: &mut RowFilterGrad,
+    g: &mut FilterGrad,
     first: usize,
     ci: usize,
     ky: usize,
@@ -201,7 +230,7 @@ fn filter_tile<S: Simd, const T: usize, const CO: usize>(
 
 /// Each output channel's gradient summed over every pixel of every image.
 #[inline(always)]
-fn bias_grad<S: Simd>(simd: S, g: &mut RowFilterGrad) {
+fn bias_grad<S: Simd>(simd: S, g: &mut FilterGrad) {
     let (ho, wo) = g.planes.out(g.kernel);
     let (plane, patch) = (ho * wo, g.planes.channels * g.kernel * g.kernel);
     let bias = &mut g.out[g.out_channels * patch..][..g.out_channels];

@@ -16,7 +16,9 @@
 
 use std::array;
 
-use super::{blocks, load, tile_len, with_tile, Block, Blocked, Kernel, Simd, LANES};
+use super::{
+    blocks, load, padded, tile_len, with_scratch, with_tile, Block, Blocked, Convolutions, Kernel, Simd, LANES,
+};
 use crate::backend::ConvShape;
 
 /// Whether the scatter computes fewer products than the padded full convolution: with less
@@ -25,13 +27,36 @@ pub fn fits(s: &ConvShape) -> bool {
     2 * s.pad + 1 < s.kernel
 }
 
+pub fn backward_data(
+    convs: &Convolutions,
+    s: &ConvShape,
+    weight: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    let len = s.c_out * s.kernel * s.kernel * padded(s.c_in);
+    let mut packed = convs.packed(len);
+    let weights = &mut packed[..len];
+    pack(s, weight, weights);
+    let weights = &*weights;
+    let full_len = full_pixels(s) * padded(s.c_in);
+    convs.per_image(dy, s.out_image(), dx, s.in_image(), |dy, dx| {
+        with_scratch(full_len, 0, |full, _| {
+            full.fill(0.0);
+            convs.isa.run(ScatterImage { s, weights, dy, out: full });
+            unpack(s, full, dx, accumulate);
+        });
+    });
+}
+
 /// Pixels of the full input-gradient planes the scatter writes, per channel.
-pub fn full_pixels(s: &ConvShape) -> usize {
+fn full_pixels(s: &ConvShape) -> usize {
     (s.h_out() + s.kernel - 1) * (s.w_out() + s.kernel - 1)
 }
 
 /// Packs `W[co][ci][ky][kx]` for [`ScatterImage`]: `(ky, kx, co)` by `ci`, [`Blocked`].
-pub fn pack(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
+fn pack(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
     let (kk, patch) = (s.kernel * s.kernel, s.patch());
     let layout = Blocked { items: kk * s.c_out, channels: s.c_in };
     for block in blocks(s.c_in) {
@@ -49,7 +74,7 @@ pub fn pack(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
 
 /// One image's input gradient: `out` (the full planes, [`Blocked`], zeroed by the caller)
 /// gathers every tap's products of `dy` (NCHW) with the weights from [`pack`].
-pub struct ScatterImage<'a> {
+struct ScatterImage<'a> {
     pub s: &'a ConvShape,
     pub weights: &'a [f32],
     pub dy: &'a [f32],
@@ -116,7 +141,7 @@ fn scatter_tile<S: Simd, const PX: usize, const CV: usize>(simd: S, t: &Tile, ou
 
 /// Crops the full input gradient (channels last, [`Blocked`]) into `dx` (NCHW), adding to
 /// it when `accumulate`.
-pub fn unpack(s: &ConvShape, full: &[f32], dx: &mut [f32], accumulate: bool) {
+fn unpack(s: &ConvShape, full: &[f32], dx: &mut [f32], accumulate: bool) {
     let full_width = s.w_out() + s.kernel - 1;
     let layout = Blocked { items: full_pixels(s), channels: s.c_in };
     let mut planes = dx.chunks_exact_mut(s.height * s.width);

@@ -1,0 +1,356 @@
+//! The direct convolution kernels over packed weights: [`ConvImage`] for the forward pass
+//! and the data gradient, [`FilterGrad`] for the filter gradient.
+
+use std::array;
+use std::ops::Range;
+
+use super::simd::{load, spill};
+use super::{
+    blocks, pad_planes, padded, tile_len, with_scratch, with_tile, Block, Blocked, Convolutions, FilterGrad, Kernel,
+    Planes, Simd, LANES, MAX_VECTORS,
+};
+use crate::backend::ConvShape;
+
+pub fn forward(
+    convs: &Convolutions,
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    relu: bool,
+) {
+    let (taps, stride) = (s.patch(), padded(s.c_out));
+    let mut packed = convs.packed((taps + 1) * stride);
+    let (weights, packed_bias) = packed[..(taps + 1) * stride].split_at_mut(taps * stride);
+    pack_forward(s, weight, bias, weights, packed_bias);
+    run_images(convs, &Conv::forward(s, weights, packed_bias, relu), x, y);
+}
+
+pub fn backward_data(
+    convs: &Convolutions,
+    s: &ConvShape,
+    weight: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    let len = s.c_out * s.kernel * s.kernel * padded(s.c_in);
+    let mut packed = convs.packed(len);
+    let weights = &mut packed[..len];
+    pack_backward_data(s, weight, weights);
+    run_images(convs, &Conv::backward_data(s, weights, accumulate), dy, dx);
+}
+
+pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32], grads: &mut [f32]) {
+    let planes = Planes::input(s);
+    let (taps, stride, pixels) = (s.patch(), padded(s.c_out), s.h_out() * s.w_out());
+    let partials = convs.filter_grad_tasks(s, x, dy, (taps + 1) * stride, |x, dy, partial| {
+        let images = x.len() / s.in_image();
+        let (out, bias_grad) = partial.split_at_mut(taps * stride);
+        with_scratch(images * planes.len(), images * pixels * stride, |scratch, dy_last| {
+            let input = pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
+            bias_grad.fill(0.0);
+            for (dy, dy_last) in dy.chunks_exact(s.out_image()).zip(dy_last.chunks_exact_mut(pixels * stride)) {
+                pack_output_grad(dy, pixels, dy_last, &mut bias_grad[..s.c_out]);
+            }
+            let (kernel, out_channels) = (s.kernel, s.c_out);
+            convs.isa.run(TapTiles(FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out }));
+        });
+    });
+    let (dw, db) = grads.split_at_mut(s.weight_len());
+    unpack_filter_grad(&partials[..taps * stride], s.c_out, dw);
+    db.copy_from_slice(&partials[taps * stride..][..s.c_out]);
+}
+
+/// Runs `conv` over every image of `src`, writing the images of `out`.
+fn run_images(convs: &Convolutions, conv: &Conv, src: &[f32], out: &mut [f32]) {
+    convs.per_image(src, conv.in_len(), out, conv.out_len(), |src, out| {
+        with_scratch(conv.planes.len(), 0, |scratch, _| {
+            let input = conv.pad(src, scratch);
+            convs.isa.run(ConvImage { conv, input, out });
+        });
+    });
+}
+
+/// Packs `W[co][ci][ky][kx]` for the forward pass, taps `(ci, ky, kx)` by `co`, and the bias.
+fn pack_forward(s: &ConvShape, weight: &[f32], bias: &[f32], dst: &mut [f32], dst_bias: &mut [f32]) {
+    let layout = Blocked { items: s.patch(), channels: s.c_out };
+    let mut filters = weight.chunks_exact(s.patch());
+    for block in blocks(s.c_out) {
+        let dst = layout.block_mut(dst, block);
+        dst.fill(0.0);
+        for (c, filter) in filters.by_ref().take(block.width()).enumerate() {
+            for (run, &w) in dst.chunks_exact_mut(block.width()).zip(filter) {
+                run[c] = w;
+            }
+        }
+    }
+    dst_bias.fill(0.0);
+    dst_bias[..s.c_out].copy_from_slice(bias);
+}
+
+/// Packs `W[co][ci][ky][kx]` for the backward data pass, taps `(co, ky, kx)` by `ci`, each
+/// filter turned 180°.
+fn pack_backward_data(s: &ConvShape, weight: &[f32], dst: &mut [f32]) {
+    let kk = s.kernel * s.kernel;
+    let layout = Blocked { items: s.c_out * kk, channels: s.c_in };
+    for block in blocks(s.c_in) {
+        let dst = layout.block_mut(dst, block);
+        dst.fill(0.0);
+        let runs = dst.chunks_exact_mut(kk * block.width());
+        for (runs, filters) in runs.zip(weight.chunks_exact(s.c_in * kk)) {
+            let filters = filters.chunks_exact(kk).skip(block.first).take(block.width());
+            for (c, filter) in filters.enumerate() {
+                // Tap (ky, kx) of the turned filter is tap (K-1-ky, K-1-kx) of the filter.
+                for (run, &w) in runs.chunks_exact_mut(block.width()).zip(filter.iter().rev()) {
+                    run[c] = w;
+                }
+            }
+        }
+    }
+}
+
+/// Writes one image's output gradient `[channel][pixel]` blocked channels last, and adds
+/// each channel's sum into `bias_grad`.
+fn pack_output_grad(dy: &[f32], pixels: usize, dst: &mut [f32], bias_grad: &mut [f32]) {
+    let layout = Blocked { items: pixels, channels: bias_grad.len() };
+    let (mut planes, mut sums) = (dy.chunks_exact(pixels), bias_grad.chunks_mut(MAX_VECTORS * LANES));
+    for (block, sums) in blocks(layout.channels).zip(&mut sums) {
+        let dst = layout.block_mut(dst, block);
+        let n = sums.len();
+        if n < block.width() {
+            dst.fill(0.0);
+        }
+        // Plane by plane: each store's channel is the same throughout, and each load is next
+        // to the one before.
+        for (c, plane) in planes.by_ref().take(n).enumerate() {
+            for (run, &v) in dst.chunks_exact_mut(block.width()).zip(plane) {
+                run[c] = v;
+            }
+        }
+        // Across channels, so that the adds are independent lanes, not one long chain.
+        for run in dst.chunks_exact(block.width()) {
+            for (s, &d) in sums.iter_mut().zip(run) {
+                *s += d;
+            }
+        }
+    }
+}
+
+/// Unpacks a filter gradient, taps by channels [`Blocked`], into `W[co][(ci, ky, kx)]`.
+fn unpack_filter_grad(src: &[f32], out_channels: usize, dst: &mut [f32]) {
+    let layout = Blocked { items: dst.len() / out_channels, channels: out_channels };
+    let mut filters = dst.chunks_exact_mut(layout.items);
+    for block in blocks(out_channels) {
+        for (c, filter) in filters.by_ref().take(block.width()).enumerate() {
+            for (w, run) in filter.iter_mut().zip(layout.block(src, block).chunks_exact(block.width())) {
+                *w = run[c];
+            }
+        }
+    }
+}
+
+/// A valid convolution of padded `planes` with weights packed taps by channels, [`Blocked`].
+/// It runs image by image, as [`ConvImage`]s.
+struct Conv<'a> {
+    /// Each source image's planes (`height × width`), which go into `planes` moved `shift`
+    /// pixels down and right.
+    source: (usize, usize),
+    shift: isize,
+    pub planes: Planes,
+    /// The rows of `planes` that hold data: kernel rows that fall outside read only padding
+    /// and are skipped (most of the work of a full convolution over a small output gradient).
+    data_rows: Range<usize>,
+    kernel: usize,
+    weights: &'a [f32],
+    out_channels: usize,
+    /// Added to every output: the bias, padded to whole vectors.
+    bias: Option<&'a [f32]>,
+    relu: bool,
+    /// Add to the output instead of overwriting it.
+    accumulate: bool,
+}
+
+impl<'a> Conv<'a> {
+    /// The forward pass of `s`, over weights and bias from [`pack_forward`].
+    pub fn forward(s: &ConvShape, weights: &'a [f32], bias: &'a [f32], relu: bool) -> Self {
+        Conv {
+            source: (s.height, s.width),
+            shift: s.pad as isize,
+            planes: Planes::input(s),
+            data_rows: s.pad..s.pad + s.height,
+            kernel: s.kernel,
+            weights,
+            out_channels: s.c_out,
+            bias: Some(bias),
+            relu,
+            accumulate: false,
+        }
+    }
+
+    /// The backward data pass of `s`, over weights from [`pack_backward_data`]: a full
+    /// convolution of the output gradient, so `K - 1 - pad` zeros around each plane (a crop
+    /// when `pad` exceeds `K - 1`).
+    pub fn backward_data(s: &ConvShape, weights: &'a [f32], accumulate: bool) -> Self {
+        let grow = s.kernel - 1;
+        let planes = Planes { channels: s.c_out, height: s.height + grow, width: s.width + grow };
+        let shift = grow as isize - s.pad as isize;
+        let data_end = (shift + s.h_out() as isize).clamp(0, planes.height as isize) as usize;
+        Conv {
+            source: (s.h_out(), s.w_out()),
+            shift,
+            planes,
+            data_rows: shift.max(0) as usize..data_end,
+            kernel: s.kernel,
+            weights,
+            out_channels: s.c_in,
+            bias: None,
+            relu: false,
+            accumulate,
+        }
+    }
+
+    /// Floats of one source image.
+    pub fn in_len(&self) -> usize {
+        self.planes.channels * self.source.0 * self.source.1
+    }
+
+    /// Floats of one image's output.
+    pub fn out_len(&self) -> usize {
+        let (ho, wo) = self.planes.out(self.kernel);
+        self.out_channels * ho * wo
+    }
+
+    /// One source image laid out as `planes`: itself, or a padded copy in `scratch`.
+    pub fn pad<'b>(&self, src: &'b [f32], scratch: &'b mut [f32]) -> &'b [f32] {
+        let (height, width) = self.source;
+        pad_planes(src, height, width, self.shift, self.planes, scratch)
+    }
+}
+
+/// One image of a [`Conv`]: its padded input planes and its output.
+struct ConvImage<'a> {
+    pub conv: &'a Conv<'a>,
+    pub input: &'a [f32],
+    pub out: &'a mut [f32],
+}
+
+impl Kernel for ConvImage<'_> {
+    #[inline(always)]
+    fn run<S: Simd>(mut self, simd: S) {
+        let c = self.conv;
+        let (ho, wo) = c.planes.out(c.kernel);
+        let layout = Blocked { items: c.planes.channels * c.kernel * c.kernel, channels: c.out_channels };
+        for block in blocks(c.out_channels) {
+            let weights = layout.block(c.weights, block);
+            let px = tile_len(wo, block);
+            for oy in 0..ho {
+                for ox in (0..wo).step_by(px) {
+                    let px = px.min(wo - ox);
+                    with_tile!(block.vectors, px, conv_tile(simd, &mut self, weights, block.first, oy, ox));
+                }
+            }
+        }
+    }
+}
+
+/// Output pixels `ox..ox + PX` of row `oy`, `CV` vectors of channels from `first`.
+#[inline(always)]
+fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
+    simd: S,
+    image: &mut ConvImage,
+    weights: &[f32],
+    first: usize,
+    oy: usize,
+    ox: usize,
+) {
+    let c = image.conv;
+    let (k, planes) = (c.kernel, c.planes);
+    let init = c.bias.map_or([simd.zero(); CV], |b| load(simd, &b[first..]));
+    let mut acc = [init; PX];
+    let kernel_rows = c.data_rows.start.saturating_sub(oy)..c.data_rows.end.saturating_sub(oy).min(k);
+    let tap_row = k * CV * LANES;
+    for (plane, weights) in
+        image.input.chunks_exact(planes.height * planes.width).zip(weights.chunks_exact(k * tap_row))
+    {
+        for ky in kernel_rows.clone() {
+            let row = &plane[(oy + ky) * planes.width + ox..][..k - 1 + PX];
+            let taps = weights[ky * tap_row..][..tap_row].chunks_exact(CV * LANES);
+            for (xs, w) in row.windows(PX).zip(taps) {
+                let w = load::<S, CV>(simd, w);
+                for px in 0..PX {
+                    for v in 0..CV {
+                        acc[px][v] = simd.mul_add(xs[px], w[v], acc[px][v]);
+                    }
+                }
+            }
+        }
+    }
+    let (ho, wo) = planes.out(k);
+    let tile = spill(simd, &acc);
+    for (i, co) in (first..c.out_channels.min(first + CV * LANES)).enumerate() {
+        let out = &mut image.out[co * ho * wo + oy * wo + ox..][..PX];
+        let values = tile.iter().map(|px| px[i / LANES][i % LANES]);
+        let values = values.map(|v| if c.relu { v.max(0.0) } else { v });
+        if c.accumulate {
+            out.iter_mut().zip(values).for_each(|(o, v)| *o += v);
+        } else {
+            out.iter_mut().zip(values).for_each(|(o, v)| *o = v);
+        }
+    }
+}
+
+/// The filter gradient of a group of images, taps `(ci, ky, kx)` by `co`, [`Blocked`], from
+/// the output gradient pixels by channels, [`Blocked`].
+struct TapTiles<'a>(FilterGrad<'a>);
+
+impl Kernel for TapTiles<'_> {
+    #[inline(always)]
+    fn run<S: Simd>(self, simd: S) {
+        let mut g = self.0;
+        let taps = g.planes.channels * g.kernel * g.kernel;
+        for block in blocks(g.out_channels) {
+            let n = tile_len(taps, block);
+            for tap in (0..taps).step_by(n) {
+                with_tile!(block.vectors, n.min(taps - tap), filter_tile(simd, &mut g, block, tap));
+            }
+        }
+    }
+}
+
+/// Taps `first_tap..first_tap + T` of one block of `CV` channel vectors, summed over every
+/// pixel of every image.
+#[inline(always)]
+fn filter_tile<S: Simd, const T: usize, const CV: usize>(simd: S, g: &mut FilterGrad, block: Block, first_tap: usize) {
+    let (k, planes) = (g.kernel, g.planes);
+    let (ho, wo) = planes.out(k);
+    let dy_layout = Blocked { items: ho * wo, channels: g.out_channels };
+    let offsets: [usize; T] = array::from_fn(|t| {
+        let (ci, tap) = ((first_tap + t) / (k * k), (first_tap + t) % (k * k));
+        (ci * planes.height + tap / k) * planes.width + tap % k
+    });
+    let mut acc = [[simd.zero(); CV]; T];
+    for (x, dy) in g.input.chunks_exact(planes.len()).zip(g.dy.chunks_exact(dy_layout.len())) {
+        let dy = dy_layout.block(dy, block);
+        for (oy, dy) in dy.chunks_exact(wo * CV * LANES).enumerate() {
+            // The row each tap reads; slices of exactly `wo`, so that indexing them by pixel
+            // needs no bounds checks.
+            let rows: [&[f32]; T] = array::from_fn(|t| &x[offsets[t] + oy * planes.width..][..wo]);
+            for (px, d) in (0..wo).zip(dy.chunks_exact(CV * LANES)) {
+                let d = load::<S, CV>(simd, d);
+                for t in 0..T {
+                    for v in 0..CV {
+                        acc[t][v] = simd.mul_add(rows[t][px], d[v], acc[t][v]);
+                    }
+                }
+            }
+        }
+    }
+    let out_layout = Blocked { items: planes.channels * k * k, channels: g.out_channels };
+    let out = &mut out_layout.block_mut(g.out, block)[first_tap * CV * LANES..];
+    let tile = spill(simd, &acc);
+    for (out, values) in out.chunks_exact_mut(LANES).zip(tile.iter().flatten()) {
+        out.copy_from_slice(values);
+    }
+}

@@ -1,0 +1,344 @@
+//! The CPU backend's convolutions (stride 1, zero padding): which algorithm serves each
+//! layer shape, and everything they share.
+//!
+//! ```text
+//! forward          y[co][o]           = b[co] + Σ W[co][ci][ky][kx]     · xpad[ci][o + (ky, kx)]
+//! backward data    dx[ci][i]          =         Σ W[co][ci][K-ky][K-kx] · dypad[co][i + (ky, kx)]
+//! backward filter  dW[co][ci][ky][kx] =         Σ dy[co][o]             · xpad[ci][o + (ky, kx)]
+//! ```
+//! (`K-ky` short for `K-1-ky`.) [`Convolutions`] is the one place that picks an algorithm for
+//! a shape; each algorithm is one file with its packing, scratch and task split:
+//! - [`direct`]: the general kernels, register tiles of output pixels (or filter taps) by
+//!   channel vectors;
+//! - [`rows`]: a first layer (few input channels, output rows of whole vectors), vectorized
+//!   along rows;
+//! - [`scatter`]: the data gradient of a layer with little padding.
+//!
+//! All are written once over the [`Simd`] trait and run as AVX2 + FMA or portable code
+//! ([`Isa`]). Whatever is stored channels last (packed weights, the output gradient, the
+//! filter gradient) is stored block by block ([`Blocked`]), so that a tile reads one
+//! contiguous run per tap or pixel and its inner loop has no bounds checks, which would keep
+//! the accumulators in memory.
+//!
+//! Images run in parallel on the current rayon pool. The filter gradient splits a batch into
+//! tasks by shape alone and sums their partial gradients in task order, so that results are
+//! bit-identical whatever the thread count.
+
+use std::cell::RefCell;
+use std::sync::{Mutex, MutexGuard};
+
+use rayon::prelude::*;
+
+use crate::backend::ConvShape;
+
+mod direct;
+mod rows;
+mod scatter;
+mod simd;
+
+use simd::{load, vector};
+pub use simd::{Isa, Kernel, Simd};
+
+/// Channels per vector: one AVX2 register of f32.
+const LANES: usize = 8;
+type Vector = [f32; LANES];
+
+/// Accumulators per tile: AVX2 has 16 registers, and a tile also holds its channel vectors
+/// and a broadcast pixel.
+const ACCUMULATORS: usize = 12;
+/// Channel vectors per tile at most: with more, 12 accumulators no longer fit beside them.
+const MAX_VECTORS: usize = 2;
+
+/// Channels rounded up to whole vectors; packed weights and gradients pad with zeros.
+pub fn padded(channels: usize) -> usize {
+    channels.next_multiple_of(LANES)
+}
+
+/// A run of channel vectors that one tile covers.
+#[derive(Clone, Copy)]
+struct Block {
+    first: usize,
+    vectors: usize,
+}
+
+impl Block {
+    fn width(&self) -> usize {
+        self.vectors * LANES
+    }
+}
+
+/// The blocks of `channels` channels: [`MAX_VECTORS`] vectors each, the last one what is left.
+fn blocks(channels: usize) -> impl Iterator<Item = Block> {
+    let vectors = padded(channels) / LANES;
+    (0..vectors).step_by(MAX_VECTORS).map(move |v| Block { first: v * LANES, vectors: (vectors - v).min(MAX_VECTORS) })
+}
+
+/// `items × channels` stored channels last, block by block: `[block][item][channel of the
+/// block]`, channels padded to whole vectors.
+#[derive(Clone, Copy, Debug)]
+struct Blocked {
+    items: usize,
+    channels: usize,
+}
+
+impl Blocked {
+    fn len(&self) -> usize {
+        self.items * padded(self.channels)
+    }
+
+    /// The run of `block`'s channels for every item.
+    fn block<'a>(&self, data: &'a [f32], block: Block) -> &'a [f32] {
+        &data[self.items * block.first..][..self.items * block.width()]
+    }
+
+    fn block_mut<'a>(&self, data: &'a mut [f32], block: Block) -> &'a mut [f32] {
+        &mut data[self.items * block.first..][..self.items * block.width()]
+    }
+}
+
+/// Calls `$tile::<_, N, CV>($args)` for a runtime `(cv, n)`: every tile shape whose
+/// `N × CV` accumulators fit in [`ACCUMULATORS`], with `CV` up to [`MAX_VECTORS`] (or 3,
+/// after `wide`, for the row kernels).
+macro_rules! with_tile {
+    ($cv:expr, $n:expr, $tile:ident($($arg:expr),*)) => {
+        with_tile!(@arms ($cv, $n), $tile, ($($arg),*);
+            1: 1 2 3 4 5 6 7 8 9 10 11 12;
+            2: 1 2 3 4 5 6)
+    };
+    (wide $cv:expr, $n:expr, $tile:ident($($arg:expr),*)) => {
+        with_tile!(@arms ($cv, $n), $tile, ($($arg),*);
+            1: 1 2 3 4 5 6 7 8 9 10 11 12;
+            2: 1 2 3 4 5 6;
+            3: 1 2 3 4)
+    };
+    (@arms $key:expr, $tile:ident, $args:tt; $($cv:literal: $($n:literal)*);*) => {
+        match $key {
+            $($(($cv, $n) => with_tile!(@call $tile, $n, $cv, $args),)*)*
+            (cv, n) => unreachable!("no tile of {n} × {cv} vectors: more accumulators than registers"),
+        }
+    };
+    (@call $tile:ident, $n:literal, $cv:literal, ($($arg:expr),*)) => {
+        $tile::<_, $n, $cv>($($arg),*)
+    };
+}
+use with_tile;
+
+/// Output pixels a filter-gradient task aims for: enough to amortize its setup, few enough
+/// that the tasks of a batch keep both cores busy.
+const TASK_PIXELS: usize = 512;
+
+/// The convolutions of one backend, and the buffers they keep so that a training step
+/// allocates nothing once the first has run.
+pub struct Convolutions {
+    isa: Isa,
+    /// Weights packed for the kernels.
+    packed: Mutex<Vec<f32>>,
+    /// One partial filter gradient per task.
+    partials: Mutex<Vec<f32>>,
+}
+
+impl Convolutions {
+    pub fn new(isa: Isa) -> Self {
+        Convolutions { isa, packed: Mutex::new(Vec::new()), partials: Mutex::new(Vec::new()) }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `y = conv(x, W) + b` over a batch, then ReLU when `relu`.
+    pub fn forward(&self, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y: &mut [f32], relu: bool) {
+        let (x, y) = (&x[..s.in_len()], &mut y[..s.out_len()]);
+        if rows::fits(s) {
+            rows::forward(self, s, x, weight, bias, y, relu)
+        } else {
+            direct::forward(self, s, x, weight, bias, y, relu)
+        }
+    }
+
+    /// The input gradient `dx` from the output gradient `dy`, added to `dx` when `accumulate`.
+    pub fn backward_data(&self, s: &ConvShape, weight: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
+        let (dy, dx) = (&dy[..s.out_len()], &mut dx[..s.in_len()]);
+        if scatter::fits(s) {
+            scatter::backward_data(self, s, weight, dy, dx, accumulate)
+        } else {
+            direct::backward_data(self, s, weight, dy, dx, accumulate)
+        }
+    }
+
+    /// The weight and bias gradients, `grads` = `[co][ci][ky][kx]` then `[co]`.
+    pub fn backward_params(&self, s: &ConvShape, x: &[f32], dy: &[f32], grads: &mut [f32]) {
+        let (x, dy) = (&x[..s.in_len()], &dy[..s.out_len()]);
+        if rows::fits(s) {
+            rows::backward_params(self, s, x, dy, grads)
+        } else {
+            direct::backward_params(self, s, x, dy, grads)
+        }
+    }
+
+    /// The packing buffer, grown to at least `len` floats.
+    fn packed(&self, len: usize) -> MutexGuard<'_, Vec<f32>> {
+        grown(&self.packed, len)
+    }
+
+    /// Runs `f(image, out)` over every image of `src` (`in_len` floats each) and its
+    /// `out_len` floats of `out`, images in parallel.
+    fn per_image(
+        &self,
+        src: &[f32],
+        in_len: usize,
+        out: &mut [f32],
+        out_len: usize,
+        f: impl Fn(&[f32], &mut [f32]) + Sync,
+    ) {
+        out.par_chunks_mut(out_len).zip(src.par_chunks(in_len)).for_each(|(out, src)| f(src, out));
+    }
+
+    /// Runs `f(x, dy, partial)` over the tasks of `s`'s filter gradient ([`Tasks`]), each with
+    /// its images and a partial gradient of `partial_len` floats, and returns the partials
+    /// summed in task order.
+    fn filter_grad_tasks(
+        &self,
+        s: &ConvShape,
+        x: &[f32],
+        dy: &[f32],
+        partial_len: usize,
+        f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+    ) -> MutexGuard<'_, Vec<f32>> {
+        let tasks = Tasks::for_filter_grad(s);
+        let mut partials = grown(&self.partials, tasks.count * partial_len);
+        let partials_ = &mut partials[..tasks.count * partial_len];
+        partials_.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
+            let images = tasks.images(task, s.batch);
+            let x = &x[images.start * s.in_image()..images.end * s.in_image()];
+            let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
+            f(x, dy, partial);
+        });
+        let (sum, rest) = partials_.split_at_mut(partial_len);
+        for partial in rest.chunks_exact(partial_len) {
+            for (s, p) in sum.iter_mut().zip(partial) {
+                *s += p;
+            }
+        }
+        partials
+    }
+}
+
+/// Locks `buf` grown to at least `len` floats. Buffers never shrink.
+fn grown(buf: &Mutex<Vec<f32>>, len: usize) -> MutexGuard<'_, Vec<f32>> {
+    let mut buf = buf.lock().unwrap_or_else(|e| e.into_inner());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    buf
+}
+
+thread_local! {
+    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with two per-thread scratch buffers of the given lengths; they only grow.
+fn with_scratch<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let [a, b] = &mut *cell.borrow_mut();
+        for (buf, len) in [(&mut *a, a_len), (&mut *b, b_len)] {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+        }
+        f(&mut a[..a_len], &mut b[..b_len])
+    })
+}
+
+/// How a batch splits into tasks of whole images for the filter gradient: each task sums its
+/// own partial gradient, and the partials are added in task order.
+#[derive(Clone, Copy)]
+struct Tasks {
+    images_per_task: usize,
+    count: usize,
+}
+
+impl Tasks {
+    fn for_filter_grad(s: &ConvShape) -> Self {
+        let images_per_task = (TASK_PIXELS / (s.h_out() * s.w_out()).max(1)).clamp(1, s.batch.max(1));
+        Tasks { images_per_task, count: s.batch.div_ceil(images_per_task) }
+    }
+
+    fn images(&self, task: usize, batch: usize) -> std::ops::Range<usize> {
+        let start = task * self.images_per_task;
+        start..(start + self.images_per_task).min(batch)
+    }
+}
+
+/// The arguments of a filter-gradient kernel over a group of images.
+pub struct FilterGrad<'a> {
+    /// Each image's padded input planes.
+    pub input: &'a [f32],
+    pub planes: Planes,
+    pub kernel: usize,
+    /// Each image's output gradient, in the layout the kernel reads.
+    pub dy: &'a [f32],
+    pub out_channels: usize,
+    pub out: &'a mut [f32],
+}
+
+/// How many of `len` pixels or taps a tile of `block` takes: as many as fit, evened out so
+/// that the last tile is not much shorter than the others.
+fn tile_len(len: usize, block: Block) -> usize {
+    let most = ACCUMULATORS / block.vectors;
+    len.div_ceil(len.div_ceil(most).max(1)).max(1)
+}
+
+/// `channels` planes of `height × width`, as a convolution reads them (padding included).
+#[derive(Clone, Copy, Debug)]
+pub struct Planes {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Planes {
+    /// The padded input of the forward pass and the filter gradient.
+    pub fn input(s: &ConvShape) -> Self {
+        Planes { channels: s.c_in, height: s.height + 2 * s.pad, width: s.width + 2 * s.pad }
+    }
+
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Output size of a `kernel × kernel` valid convolution over these planes.
+    fn out(&self, kernel: usize) -> (usize, usize) {
+        (self.height + 1 - kernel, self.width + 1 - kernel)
+    }
+}
+
+/// Planes of `height × width` from `src` laid out as `planes`, moved `shift` pixels down and
+/// right: zeros where nothing lands, cropped where it falls outside. That is `src` itself
+/// when nothing moves, else a copy in `dst`.
+pub fn pad_planes<'a>(
+    src: &'a [f32],
+    height: usize,
+    width: usize,
+    shift: isize,
+    planes: Planes,
+    dst: &'a mut [f32],
+) -> &'a [f32] {
+    if shift == 0 && (height, width) == (planes.height, planes.width) {
+        return &src[..dst.len()];
+    }
+    dst.fill(0.0);
+    let inside = |len: usize, to: usize| {
+        let start = (-shift).clamp(0, len as isize) as usize;
+        start..(to as isize - shift).clamp(start as isize, len as isize) as usize
+    };
+    let (rows, cols) = (inside(height, planes.height), inside(width, planes.width));
+    let to = |i: usize| (i as isize + shift) as usize;
+    for (src, dst) in src.chunks_exact(height * width).zip(dst.chunks_exact_mut(planes.height * planes.width)) {
+        for y in rows.clone() {
+            let from = &src[y * width..][cols.clone()];
+            dst[to(y) * planes.width + to(cols.start)..][..from.len()].copy_from_slice(from);
+        }
+    }
+    dst
+}
