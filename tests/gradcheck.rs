@@ -59,6 +59,10 @@ fn conv_shapes() -> Vec<ConvShape> {
         conv(1, 2, 3, 10, 14, 7, 0),
         // The data gradient as a scatter, cropped by padding, over three channel vectors.
         conv(2, 18, 6, 6, 7, 5, 1),
+        // Batch 1 and odd sides over partial vectors; many images of a small plane.
+        conv(1, 5, 9, 9, 11, 3, 1),
+        conv(3, 17, 10, 8, 13, 3, 1),
+        conv(13, 9, 4, 8, 8, 3, 1),
     ]
 }
 
