@@ -19,42 +19,61 @@ const INK: u8 = 32;
 pub enum DigitError {
     #[error("{}: cannot read: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{}: cannot read the image: {source}", path.display())]
-    Decode { path: PathBuf, source: image::ImageError },
-    #[error("{}: the JPEG is truncated (it has no end-of-image marker after its data)", path.display())]
-    Truncated { path: PathBuf },
-    #[error("{}: the image is blank (no digit found)", path.display())]
-    Blank { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Picture { path: PathBuf, source: PictureError },
     #[error("{}: cannot write: {source}", path.display())]
     Write { path: PathBuf, source: image::ImageError },
+}
+
+/// What is wrong with a picture's bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum PictureError {
+    #[error("cannot read the image: {0}")]
+    Decode(image::ImageError),
+    #[error("the JPEG is truncated (it has no end-of-image marker after its data)")]
+    Truncated,
+    #[error("the image is blank (no digit found)")]
+    Blank,
+}
+
+/// The largest pictures a reader accepts: a header that claims more is refused before
+/// anything is allocated for it.
+#[derive(Clone, Copy, Debug)]
+pub struct PictureLimits {
+    pub max_side: u32,
+    pub max_alloc: u64,
+}
+
+impl PictureLimits {
+    /// For files on disk: a phone photo is 12 to 50 megapixels.
+    pub const FILES: PictureLimits = PictureLimits { max_side: 16_384, max_alloc: 256 << 20 };
+
+    fn image_limits(self) -> image::Limits {
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(self.max_side);
+        limits.max_image_height = Some(self.max_side);
+        limits.max_alloc = Some(self.max_alloc);
+        limits
+    }
 }
 
 /// Loads `path` (PNG or JPEG, any size) as an MNIST-style image.
 pub fn load(path: &Path) -> Result<[u8; IMAGE_PIXELS], DigitError> {
     let bytes = std::fs::read(path).map_err(|source| DigitError::Read { path: path.into(), source })?;
-    let decode = |source| DigitError::Decode { path: path.into(), source };
-    let format = image::guess_format(&bytes).map_err(decode)?;
-    // The JPEG decoder fills in what a cut-off file lacks instead of failing.
-    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
-        return Err(DigitError::Truncated { path: path.into() });
-    }
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
-    reader.limits(picture_limits());
-    let image = reader.decode().map_err(decode)?;
-    to_mnist(&image).ok_or_else(|| DigitError::Blank { path: path.into() })
+    decode(&bytes, PictureLimits::FILES).map_err(|source| DigitError::Picture { path: path.into(), source })
 }
 
-/// The largest pictures read: a phone photo is 12 to 50 megapixels; a header that claims
-/// more is refused before anything is allocated for it.
-const MAX_SIDE: u32 = 16_384;
-const MAX_ALLOC: u64 = 256 << 20;
-
-fn picture_limits() -> image::Limits {
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_ALLOC);
-    limits
+/// Decodes a PNG or JPEG within `limits` into an MNIST-style image.
+pub fn decode(bytes: &[u8], limits: PictureLimits) -> Result<[u8; IMAGE_PIXELS], PictureError> {
+    let format = image::guess_format(bytes).map_err(PictureError::Decode)?;
+    // The JPEG decoder fills in what a cut-off file lacks instead of failing.
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(PictureError::Truncated);
+    }
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    reader.limits(limits.image_limits());
+    let image = reader.decode().map_err(PictureError::Decode)?;
+    to_mnist(&image).ok_or(PictureError::Blank)
 }
 
 /// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA): entropy-

@@ -30,6 +30,9 @@ pub enum Command {
     Predict(PredictArgs),
     /// Write test-set digits as PNG files, to try `predict` on.
     Samples(SamplesArgs),
+    /// Serve a page to draw digits on and watch a checkpoint read them, and a JSON API:
+    /// `GET /`, `GET /model`, `POST /predict` (PNG, JPEG, or `{"pixels": [784 values]}`).
+    Serve(ServeArgs),
     /// Training and evaluation throughput on preloaded data.
     Bench(BenchArgs),
     /// Train several block variants, depths and recipes with one seed; writes a Markdown table
@@ -280,6 +283,19 @@ pub struct PredictArgs {
     /// Pictures of single digits; each is fitted into 28×28 the way MNIST digits are.
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// A safetensors state_dict (from `train`, or saved by PyTorch).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// Address to listen on; the default answers this machine only, and another one (such as
+    /// 0.0.0.0:8080) has to be asked for. Port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
     #[command(flatten)]
     pub common: CommonArgs,
 }

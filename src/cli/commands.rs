@@ -11,8 +11,10 @@ use resnet_mnist::backend::Backend;
 use resnet_mnist::data::{self, Dataset, LoadOptions};
 use resnet_mnist::model::Arch;
 
-use super::args::{BenchArgs, Cli, Command, CommonArgs, CompareArgs, Device, EvalArgs, PredictArgs, TrainArgs};
-use super::{bench, compare, eval, memory, predict, samples, train};
+use super::args::{
+    BenchArgs, Cli, Command, CommonArgs, CompareArgs, Device, EvalArgs, PredictArgs, ServeArgs, TrainArgs,
+};
+use super::{bench, compare, eval, memory, predict, samples, serve, train};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Train(cli.train)) {
@@ -22,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => on_device(&args.common, &args),
         Command::Compare(args) => on_device(&args.common, &args),
         Command::Samples(args) => samples::samples(&load_data(&args.common)?, &args),
+        Command::Serve(args) => on_device(&args.common, &args),
     }
 }
 
@@ -138,6 +141,12 @@ impl OnBackend for BenchArgs {
         let batch = self.optim.recipe(self.common.seed).batch_size;
         let flag = format!("--batch-size {batch} with --eval-batch {}", self.eval_batch);
         Some((flag, vec![self.arch.arch()], batch.max(self.eval_batch as usize)))
+    }
+}
+
+impl OnBackend for ServeArgs {
+    fn run<B: Backend>(&self, backend: B) -> Result<()> {
+        serve::serve(backend, self)
     }
 }
 
