@@ -34,6 +34,8 @@ pub enum PictureError {
     Truncated,
     #[error("the image is blank (no digit found)")]
     Blank,
+    #[error("the image is larger than {0} pixels a side, or needs more memory to decode than allowed")]
+    TooLarge(u32),
 }
 
 /// The largest pictures a reader accepts: a header that claims more is refused before
@@ -72,7 +74,10 @@ pub fn decode(bytes: &[u8], limits: PictureLimits) -> Result<[u8; IMAGE_PIXELS],
     }
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     reader.limits(limits.image_limits());
-    let image = reader.decode().map_err(PictureError::Decode)?;
+    let image = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => PictureError::TooLarge(limits.max_side),
+        e => PictureError::Decode(e),
+    })?;
     to_mnist(&image).ok_or(PictureError::Blank)
 }
 
