@@ -73,17 +73,24 @@ def make_net(args):
     return Net() if (args.block, args.depth) == ("original", 1) else VariantNet(args.block, args.depth)
 
 
+# Run in a child process so that its thread count can be set before OpenBLAS starts.
+SGEMM = """
+import time
+import numpy as np
+a, b = (np.random.default_rng(i).random((2048, 2048), dtype=np.float32) for i in range(2))
+times = []
+for _ in range(5):
+    t = time.perf_counter()
+    a @ b
+    times.append(time.perf_counter() - t)
+print(2 * 2048 ** 3 / min(times) / 1e9)
+"""
+
+
 def sgemm_gflops(threads):
-    """The machine's sgemm rate: numpy (OpenBLAS) `a @ b` at 2048^3, best of 5, in a child
-    process so that its thread count can be set before OpenBLAS starts."""
-    code = ("import time\nimport numpy as np\n"
-            "a, b = (np.random.default_rng(i).random((2048, 2048), dtype=np.float32) for i in range(2))\n"
-            "times = []\n"
-            "for _ in range(5):\n"
-            "    t = time.perf_counter(); a @ b; times.append(time.perf_counter() - t)\n"
-            "print(2 * 2048 ** 3 / min(times) / 1e9)\n")
+    """The machine's sgemm rate: numpy (OpenBLAS) `a @ b` at 2048^3, best of 5, in GFLOP/s."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", SGEMM], env=env, capture_output=True, text=True, check=True)
     return float(result.stdout.strip())
 
 

@@ -273,7 +273,6 @@ fn a_taken_port_and_a_missing_checkpoint_are_errors_that_say_so() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    let mut stderr = String::new();
-    output.stderr.as_slice().read_to_string(&mut stderr).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("no/such.safetensors"), "{stderr}");
 }

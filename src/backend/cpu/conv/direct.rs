@@ -22,7 +22,7 @@ pub fn forward(
 ) {
     let (taps, stride) = (s.patch(), padded(s.c_out));
     let mut packed = convs.packed((taps + 1) * stride);
-    let (weights, packed_bias) = packed[..(taps + 1) * stride].split_at_mut(taps * stride);
+    let (weights, packed_bias) = packed.split_at_mut(taps * stride);
     pack_forward(s, weight, bias, weights, packed_bias);
     run_images(convs, &Conv::forward(s, weights, packed_bias, relu), x, y);
 }
@@ -36,10 +36,9 @@ pub fn backward_data(
     accumulate: bool,
 ) {
     let len = s.c_out * s.kernel * s.kernel * padded(s.c_in);
-    let mut packed = convs.packed(len);
-    let weights = &mut packed[..len];
-    pack_backward_data(s, weight, weights);
-    run_images(convs, &Conv::backward_data(s, weights, accumulate), dy, dx);
+    let mut weights = convs.packed(len);
+    pack_backward_data(s, weight, &mut weights);
+    run_images(convs, &Conv::backward_data(s, &weights, accumulate), dy, dx);
 }
 
 pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32], grads: &mut [f32]) {

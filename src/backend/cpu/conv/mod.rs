@@ -25,6 +25,7 @@
 //! bit-identical whatever the thread count.
 
 use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard};
 
 use rayon::prelude::*;
@@ -176,8 +177,8 @@ impl Convolutions {
         }
     }
 
-    /// The packing buffer, grown to at least `len` floats.
-    fn packed(&self, len: usize) -> MutexGuard<'_, Vec<f32>> {
+    /// The packing buffer, `len` floats of it.
+    fn packed(&self, len: usize) -> MappedGuard<'_> {
         grown(&self.packed, len)
     }
 
@@ -204,17 +205,16 @@ impl Convolutions {
         dy: &[f32],
         partial_len: usize,
         f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
-    ) -> MutexGuard<'_, Vec<f32>> {
+    ) -> MappedGuard<'_> {
         let tasks = Tasks::for_filter_grad(s);
         let mut partials = grown(&self.partials, tasks.count * partial_len);
-        let partials_ = &mut partials[..tasks.count * partial_len];
-        partials_.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
+        partials.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
             let images = tasks.images(task, s.batch);
             let x = &x[images.start * s.in_image()..images.end * s.in_image()];
             let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
             f(x, dy, partial);
         });
-        let (sum, rest) = partials_.split_at_mut(partial_len);
+        let (sum, rest) = partials.split_at_mut(partial_len);
         for partial in rest.chunks_exact(partial_len) {
             for (s, p) in sum.iter_mut().zip(partial) {
                 *s += p;
@@ -224,13 +224,39 @@ impl Convolutions {
     }
 }
 
-/// Locks `buf` grown to at least `len` floats. Buffers never shrink.
-fn grown(buf: &Mutex<Vec<f32>>, len: usize) -> MutexGuard<'_, Vec<f32>> {
-    let mut buf = buf.lock().unwrap_or_else(|e| e.into_inner());
+/// The first `len` floats of a locked buffer that is kept between calls.
+struct MappedGuard<'a> {
+    guard: MutexGuard<'a, Vec<f32>>,
+    len: usize,
+}
+
+impl Deref for MappedGuard<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        &self.guard[..self.len]
+    }
+}
+
+impl DerefMut for MappedGuard<'_> {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.guard[..self.len]
+    }
+}
+
+/// The first `len` floats of `buf`, locked, grown to them if it is shorter.
+fn grown(buf: &Mutex<Vec<f32>>, len: usize) -> MappedGuard<'_> {
+    let mut guard = buf.lock().unwrap_or_else(|e| e.into_inner());
+    grow(&mut guard, len);
+    MappedGuard { guard, len }
+}
+
+/// Grows `buf` to at least `len` floats. Buffers never shrink, so that the training step
+/// does not allocate once the first step has run.
+fn grow(buf: &mut Vec<f32>, len: usize) {
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
-    buf
 }
 
 thread_local! {
@@ -241,11 +267,8 @@ thread_local! {
 fn with_scratch<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| {
         let [a, b] = &mut *cell.borrow_mut();
-        for (buf, len) in [(&mut *a, a_len), (&mut *b, b_len)] {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
+        grow(a, a_len);
+        grow(b, b_len);
         f(&mut a[..a_len], &mut b[..b_len])
     })
 }

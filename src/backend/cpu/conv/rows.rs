@@ -50,9 +50,8 @@ pub fn forward(
     relu: bool,
 ) {
     let mut packed = convs.packed(s.weight_len());
-    let weights = &mut packed[..s.weight_len()];
-    pack_forward(s, weight, weights);
-    let (planes, kernel, weights) = (Planes::input(s), s.kernel, &*weights);
+    pack_forward(s, weight, &mut packed);
+    let (planes, kernel, weights) = (Planes::input(s), s.kernel, &*packed);
     convs.per_image(x, s.in_image(), y, s.out_image(), |src, out| {
         with_scratch(planes.len(), 0, |scratch, _| {
             let input = pad_planes(src, s.height, s.width, s.pad as isize, planes, scratch);

@@ -37,9 +37,8 @@ pub fn backward_data(
 ) {
     let len = s.c_out * s.kernel * s.kernel * padded(s.c_in);
     let mut packed = convs.packed(len);
-    let weights = &mut packed[..len];
-    pack(s, weight, weights);
-    let weights = &*weights;
+    pack(s, weight, &mut packed);
+    let weights = &*packed;
     let full_len = full_pixels(s) * padded(s.c_in);
     convs.per_image(dy, s.out_image(), dx, s.in_image(), |dy, dx| {
         with_scratch(full_len, 0, |full, _| {
