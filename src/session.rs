@@ -220,13 +220,18 @@ fn metadata_error(path: &Path, problem: &str) -> SessionError {
     CheckpointError::Metadata { path: path.into(), key: "state".into(), problem: problem.into() }.into()
 }
 
+/// The metadata keys of a model checkpoint: its epoch, test accuracy and recipe (JSON).
+pub const META_EPOCH: &str = "epoch";
+pub const META_ACCURACY: &str = "accuracy";
+pub const META_RECIPE: &str = "recipe";
+
 /// What a model checkpoint records about where it came from.
 pub fn checkpoint_metadata(recipe: &Recipe, arch: Arch, report: &EpochReport) -> HashMap<String, String> {
     let mut metadata = HashMap::from([
-        ("epoch".to_string(), report.epoch.to_string()),
-        ("accuracy".to_string(), report.test.accuracy.to_string()),
+        (META_EPOCH.to_string(), report.epoch.to_string()),
+        (META_ACCURACY.to_string(), report.test.accuracy.to_string()),
         ("seed".to_string(), recipe.seed.to_string()),
-        ("recipe".to_string(), serde_json::to_string(recipe).expect("the recipe serializes")),
+        (META_RECIPE.to_string(), serde_json::to_string(recipe).expect("the recipe serializes")),
     ]);
     metadata.extend(checkpoint::arch_metadata(arch));
     metadata

@@ -11,6 +11,7 @@ use resnet_mnist::data::Dataset;
 use resnet_mnist::inference;
 use resnet_mnist::model::{Model, Net};
 use resnet_mnist::plot;
+use resnet_mnist::session;
 use resnet_mnist::train::{self, DeviceSplit, EVAL_BATCH};
 
 use super::args::EvalArgs;
@@ -75,7 +76,7 @@ fn eval_checkpoint<B: Backend>(backend: B, dataset: &Dataset, path: &Path, plot:
 
 /// What the checkpoint says about itself, for the report's first line.
 fn describe(path: &Path, net: &Net, checkpoint: &Checkpoint) -> Result<String> {
-    let epoch: Option<usize> = checkpoint.meta(path, "epoch")?;
+    let epoch: Option<usize> = checkpoint.meta(path, session::META_EPOCH)?;
     Ok(match epoch {
         Some(epoch) => format!("{} (epoch {epoch}, {})", path.display(), net.arch),
         None => format!("{} ({})", path.display(), net.arch),

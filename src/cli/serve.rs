@@ -21,6 +21,7 @@ use resnet_mnist::data::{CLASSES, IMAGE_PIXELS};
 use resnet_mnist::digit::{self, PictureLimits};
 use resnet_mnist::inference::{self, argmax};
 use resnet_mnist::model::Model;
+use resnet_mnist::session;
 use resnet_mnist::train::Recipe;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -96,15 +97,21 @@ impl IntoResponse for ApiError {
 
 pub fn serve<B: Backend>(backend: B, args: &ServeArgs) -> Result<()> {
     let (net, checkpoint) = checkpoint::load_net(&args.checkpoint)?;
-    let meta = |key: &str| checkpoint.metadata.get(key);
-    let recipe = meta("recipe").and_then(|r| serde_json::from_str::<Recipe>(r).ok());
+    let path = &args.checkpoint;
+    let recipe = match checkpoint.metadata.get(session::META_RECIPE) {
+        Some(json) => Some(
+            serde_json::from_str::<Recipe>(json)
+                .with_context(|| format!("{}: metadata {}: not a recipe", path.display(), session::META_RECIPE))?,
+        ),
+        None => None,
+    };
     let info = ModelInfo {
         checkpoint: args.checkpoint.display().to_string(),
         block: net.arch.block.to_string(),
         depth: net.arch.depth,
         parameters: net.layout.total,
-        epoch: meta("epoch").and_then(|v| v.parse().ok()),
-        test_accuracy: meta("accuracy").and_then(|v| v.parse().ok()),
+        epoch: checkpoint.meta(path, session::META_EPOCH)?,
+        test_accuracy: checkpoint.meta(path, session::META_ACCURACY)?,
         recipe: recipe.map(|r| r.to_string()),
     };
     let mut model = Model::new(backend, net, &checkpoint.params, MAX_BATCH);
