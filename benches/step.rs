@@ -51,29 +51,38 @@ fn step(c: &mut Criterion) {
     group.finish();
 }
 
-/// Each convolution at batch 64; throughput is in FLOP (2 per multiply-add).
+/// Each convolution at batch 64, with the native kernels and, on a CPU with AVX-512F,
+/// without them (`<layer>/avx2`); throughput is in FLOP (2 per multiply-add).
 fn convs(c: &mut Criterion) {
     let net = Net::new();
-    let b = CpuBackend::new(0).expect("thread pool");
-    let params = b.upload(&net.layout.init(0));
-    let mut grads = b.zeros(net.layout.total);
+    let native = CpuBackend::new(0).expect("thread pool");
+    let params = native.upload(&net.layout.init(0));
+    let mut grads = native.zeros(net.layout.total);
+    let avx2 = CpuBackend::new(0).expect("thread pool").without_avx512();
+    let mut backends = vec![(String::new(), native)];
+    if avx2.name() != backends[0].1.name() {
+        backends.push(("/avx2".to_string(), avx2));
+    }
     let mut group = c.benchmark_group("conv_flops");
     let (rblock1, rblock2) = (net.stage1.blocks[0].conv1, net.stage2.blocks[0].conv1);
     let layers = [("conv1", net.conv1), ("rblock1", rblock1), ("conv2", net.conv2), ("rblock2", rblock2)];
     for (name, conv) in layers {
         let s = conv.shape(Recipe::default().batch_size);
-        let x = b.upload(&vec![0.5; s.in_len()]);
-        let (mut y, mut dx) = (b.zeros(s.out_len()), b.zeros(s.in_len()));
-        group.throughput(Throughput::Elements(2 * s.macs() as u64));
-        group.bench_function(BenchmarkId::new("forward", name), |bench| {
-            bench.iter(|| b.conv2d_forward(&s, &x, &params, conv.slot, &mut y, true))
-        });
-        group.bench_function(BenchmarkId::new("backward_data", name), |bench| {
-            bench.iter(|| b.conv2d_backward_data(&s, &y, &params, conv.slot, &mut dx, false))
-        });
-        group.bench_function(BenchmarkId::new("backward_params", name), |bench| {
-            bench.iter(|| b.conv2d_backward_params(&s, &x, &y, &mut grads, conv.slot))
-        });
+        for (kernels, b) in &backends {
+            let x = b.upload(&vec![0.5; s.in_len()]);
+            let (mut y, mut dx) = (b.zeros(s.out_len()), b.zeros(s.in_len()));
+            let id = |what: &str| BenchmarkId::new(what, format!("{name}{kernels}"));
+            group.throughput(Throughput::Elements(2 * s.macs() as u64));
+            group.bench_function(id("forward"), |bench| {
+                bench.iter(|| b.conv2d_forward(&s, &x, &params, conv.slot, &mut y, true))
+            });
+            group.bench_function(id("backward_data"), |bench| {
+                bench.iter(|| b.conv2d_backward_data(&s, &y, &params, conv.slot, &mut dx, false))
+            });
+            group.bench_function(id("backward_params"), |bench| {
+                bench.iter(|| b.conv2d_backward_params(&s, &x, &y, &mut grads, conv.slot))
+            });
+        }
     }
     group.finish();
 }

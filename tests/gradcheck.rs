@@ -34,10 +34,10 @@ fn backend() -> CpuBackend {
     CpuBackend::new(2).expect("thread pool")
 }
 
-/// The backend as it runs here (AVX2+FMA kernels on CPUs that have them) and with the
-/// portable kernels.
-fn both_kernels() -> [CpuBackend; 2] {
-    [backend(), backend().with_portable_kernels()]
+/// The backend as it runs here (AVX2+FMA kernels on CPUs that have them, AVX-512 ones
+/// where it has those too), without its AVX-512 kernels, and with the portable kernels.
+fn every_kernel_set() -> [CpuBackend; 3] {
+    [backend(), backend().without_avx512(), backend().with_portable_kernels()]
 }
 
 /// Odd sizes, padding and batch 1 included; channel counts that fill one, two and three
@@ -63,6 +63,13 @@ fn conv_shapes() -> Vec<ConvShape> {
         conv(1, 5, 9, 9, 11, 3, 1),
         conv(3, 17, 10, 8, 13, 3, 1),
         conv(13, 9, 4, 8, 8, 3, 1),
+        // Whole 16-channel blocks (the AVX-512 tiles, 8 pixels across rows): planes that end
+        // in a partial tile, rows narrower than a tile, padding 0 to 2, 1×1 filters.
+        conv(2, 16, 32, 12, 12, 5, 0),
+        conv(3, 32, 32, 4, 4, 3, 1),
+        conv(1, 7, 16, 9, 11, 3, 2),
+        conv(2, 32, 16, 5, 3, 3, 1),
+        conv(2, 5, 48, 3, 7, 1, 0),
     ]
 }
 
@@ -100,7 +107,7 @@ fn indices(na: usize, nb: usize, nc: usize, nd: usize) -> impl Iterator<Item = (
 #[test]
 fn conv_kernels_match_a_direct_convolution() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    for b in both_kernels() {
+    for b in every_kernel_set() {
         for s in conv_shapes() {
             let slot = ParamSlot { offset: 0, weight_len: s.weight_len(), bias_len: s.c_out };
             let (x, params, dy) =
@@ -126,7 +133,7 @@ fn conv_kernels_match_a_direct_convolution() {
 
 #[test]
 fn conv2d_gradients_match_finite_differences() {
-    for b in both_kernels() {
+    for b in every_kernel_set() {
         conv2d_gradients_match(&b);
     }
 }
@@ -160,7 +167,7 @@ fn conv2d_gradients_match(b: &CpuBackend) {
 /// The two sets of kernels differ only in rounding (fused or separate multiply-adds).
 #[test]
 fn portable_conv_kernels_match_the_native_ones() {
-    let [native, portable] = both_kernels();
+    let [native, _, portable] = every_kernel_set();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let close = |what: String, a: &[f32], b: &[f32]| {
         let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
@@ -184,6 +191,38 @@ fn portable_conv_kernels_match_the_native_ones() {
             ["forward", "backward data", "backward params"].iter().zip(run(&native).iter().zip(&run(&portable)))
         {
             close(format!("{s:?} {what}"), a, b);
+        }
+    }
+}
+
+/// The AVX-512 tiles sum each output's products in the AVX2 tiles' order, so the two agree
+/// exactly, ReLU and accumulation included.
+#[test]
+fn avx512_conv_kernels_equal_the_avx2_ones() {
+    let [native, avx2, _] = every_kernel_set();
+    if !native.name().contains("AVX-512") {
+        eprintln!("not checked here: this CPU has no AVX-512F ({})", native.name());
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for s in conv_shapes() {
+        let slot = ParamSlot { offset: 2, weight_len: s.weight_len(), bias_len: s.c_out };
+        let (x, params) = (random(&mut rng, s.in_len()), random(&mut rng, slot.offset + slot.len()));
+        let (dy, base) = (random(&mut rng, s.out_len()), random(&mut rng, s.in_len()));
+        let run = |b: &CpuBackend| {
+            let mut y = b.zeros(s.out_len());
+            b.conv2d_forward(&s, &x, &params, slot, &mut y, true);
+            let mut dx = base.clone();
+            b.conv2d_backward_data(&s, &dy, &params, slot, &mut dx, true);
+            let mut grads = b.zeros(params.len());
+            b.conv2d_backward_params(&s, &x, &dy, &mut grads, slot);
+            [y, dx, grads]
+        };
+        for (what, (a, b)) in
+            ["forward", "backward data", "backward params"].iter().zip(run(&native).iter().zip(&run(&avx2)))
+        {
+            let differ = a.iter().zip(b).position(|(a, b)| a != b);
+            assert!(differ.is_none(), "{s:?} {what}[{}]: {a:?} vs {b:?}", differ.unwrap_or(0));
         }
     }
 }

@@ -60,6 +60,12 @@ impl CpuBackend {
         CpuBackend { conv: conv::Convolutions::new(conv::Isa::portable()), ..self }
     }
 
+    /// This backend without the AVX-512 kernels, as on a CPU with AVX2 and FMA alone: to
+    /// check the two against each other.
+    pub fn without_avx512(self) -> Self {
+        CpuBackend { conv: conv::Convolutions::new(self.conv.isa().narrow()), ..self }
+    }
+
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }

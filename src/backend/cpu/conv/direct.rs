@@ -11,6 +11,9 @@ use super::{
 };
 use crate::backend::ConvShape;
 
+#[cfg(target_arch = "x86_64")]
+mod wide;
+
 pub fn forward(
     convs: &Convolutions,
     s: &ConvShape,
@@ -54,7 +57,12 @@ pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32
                 pack_output_grad(dy, pixels, dy_last, &mut bias_grad[..s.c_out]);
             }
             let (kernel, out_channels) = (s.kernel, s.c_out);
-            convs.isa.run(TapTiles(FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out }));
+            let g = FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = convs.isa.wide().filter(|_| wide::fits(out_channels)) {
+                return simd.run(wide::WideTaps(g));
+            }
+            convs.isa.run(TapTiles(g));
         });
     });
     let (dw, db) = grads.split_at_mut(s.weight_len());
@@ -62,11 +70,18 @@ pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32
     db.copy_from_slice(&partials[taps * stride..][..s.c_out]);
 }
 
-/// Runs `conv` over every image of `src`, writing the images of `out`.
+/// Runs `conv` over every image of `src`, writing the images of `out`: in AVX-512 registers
+/// where the CPU has them and the layer fills them.
 fn run_images(convs: &Convolutions, conv: &Conv, src: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let wide = convs.isa.wide().filter(|_| wide::fits(conv.out_channels));
     convs.per_image(src, conv.in_len(), out, conv.out_len(), |src, out| {
         with_scratch(conv.planes.len(), 0, |scratch, _| {
             let input = conv.pad(src, scratch);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = wide {
+                return simd.run(wide::WideImage { conv, input, out });
+            }
             convs.isa.run(ConvImage { conv, input, out });
         });
     });

@@ -132,6 +132,153 @@ mod avx2 {
     }
 }
 
+/// AVX-512F, 16 lanes a register, for the kernels written for it ([`WideKernel`]); a CPU
+/// that has it has AVX2 and FMA too, which every other kernel runs on.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use std::arch::x86_64::{
+        __m256, __m512, _mm256_castpd_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
+        _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm512_castps512_ps256, _mm512_castps_pd, _mm512_extractf64x4_pd,
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+
+    /// Floats per register.
+    pub const LANES: usize = 16;
+    pub type Vector = [f32; LANES];
+
+    /// [`Avx512::detect`] hands one out only on a CPU with AVX-512F.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx512(());
+
+    /// Work written for [`Avx512`] registers. Implementations mark `run` `#[inline(always)]`,
+    /// so that it compiles inside the AVX-512 entry point with its target features.
+    pub trait WideKernel {
+        fn run(self, simd: Avx512);
+    }
+
+    impl Avx512 {
+        pub fn detect() -> Option<Self> {
+            std::is_x86_feature_detected!("avx512f").then_some(Avx512(()))
+        }
+
+        pub fn run(self, kernel: impl WideKernel) {
+            // SAFETY: `self` proves the CPU has the features `run_with` is compiled for.
+            unsafe { run_with(self, kernel) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_with<K: WideKernel>(simd: Avx512, kernel: K) {
+        kernel.run(simd);
+    }
+
+    // SAFETY (every `unsafe` below): an `Avx512` exists only on a CPU with AVX-512F, and
+    // loads and stores go through whole `[f32; 16]` arrays.
+    impl Avx512 {
+        #[inline(always)]
+        pub fn zero(self) -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+
+        #[inline(always)]
+        pub fn load(self, v: &Vector) -> __m512 {
+            unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        }
+
+        /// `acc + x·w`, `x` broadcast to every lane.
+        #[inline(always)]
+        pub fn mul_add(self, x: f32, w: __m512, acc: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(_mm512_set1_ps(x), w, acc) }
+        }
+
+        #[inline(always)]
+        pub fn relu(self, v: __m512) -> __m512 {
+            unsafe { _mm512_max_ps(v, _mm512_setzero_ps()) }
+        }
+
+        #[inline(always)]
+        pub fn store(self, v: __m512) -> Vector {
+            let mut out = [0.0; LANES];
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
+            out
+        }
+
+        /// Eight registers turned: row `c` holds lane `c` of each, in order. In registers,
+        /// as two 8×8 transposes of their halves; read out lane by lane instead, LLVM
+        /// vectorizes the reads into gathers, which cost a sixth of a tile's time.
+        #[inline(always)]
+        pub fn transpose(self, v: [__m512; 8]) -> [[f32; 8]; LANES] {
+            let (mut low, mut high) = ([self.half(v[0], false); 8], [self.half(v[0], true); 8]);
+            for p in 1..8 {
+                low[p] = self.half(v[p], false);
+                high[p] = self.half(v[p], true);
+            }
+            let mut out = [[0.0; 8]; LANES];
+            for (half, rows) in [transpose8(low), transpose8(high)].iter().zip(out.chunks_exact_mut(8)) {
+                for (&v, row) in half.iter().zip(rows) {
+                    unsafe { _mm256_storeu_ps(row.as_mut_ptr(), v) };
+                }
+            }
+            out
+        }
+
+        /// Lanes 0..8 of `v`, or 8..16 when `high`.
+        #[inline(always)]
+        fn half(self, v: __m512, high: bool) -> __m256 {
+            unsafe {
+                if high {
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+                } else {
+                    _mm512_castps512_ps256(v)
+                }
+            }
+        }
+    }
+
+    /// The 8×8 transpose: lane `j` of vector `i` becomes lane `i` of vector `j`. Pairs within
+    /// 128-bit halves, then quadruples, then the halves swapped across.
+    #[inline(always)]
+    fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+        // SAFETY: only called from `Avx512`'s methods, on a CPU with AVX-512F (and so AVX).
+        unsafe {
+            let t = [
+                _mm256_unpacklo_ps(v[0], v[1]),
+                _mm256_unpackhi_ps(v[0], v[1]),
+                _mm256_unpacklo_ps(v[2], v[3]),
+                _mm256_unpackhi_ps(v[2], v[3]),
+            ];
+            let u = [
+                _mm256_unpacklo_ps(v[4], v[5]),
+                _mm256_unpackhi_ps(v[4], v[5]),
+                _mm256_unpacklo_ps(v[6], v[7]),
+                _mm256_unpackhi_ps(v[6], v[7]),
+            ];
+            let q = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            ];
+            let r = [
+                _mm256_shuffle_ps::<0x44>(u[0], u[2]),
+                _mm256_shuffle_ps::<0xEE>(u[0], u[2]),
+                _mm256_shuffle_ps::<0x44>(u[1], u[3]),
+                _mm256_shuffle_ps::<0xEE>(u[1], u[3]),
+            ];
+            [
+                _mm256_permute2f128_ps::<0x20>(q[0], r[0]),
+                _mm256_permute2f128_ps::<0x20>(q[1], r[1]),
+                _mm256_permute2f128_ps::<0x20>(q[2], r[2]),
+                _mm256_permute2f128_ps::<0x20>(q[3], r[3]),
+                _mm256_permute2f128_ps::<0x31>(q[0], r[0]),
+                _mm256_permute2f128_ps::<0x31>(q[1], r[1]),
+                _mm256_permute2f128_ps::<0x31>(q[2], r[2]),
+                _mm256_permute2f128_ps::<0x31>(q[3], r[3]),
+            ]
+        }
+    }
+}
+
 /// Work that runs on the vectors an [`Isa`] names. Implementations mark `run`
 /// `#[inline(always)]`, so that it compiles inside the AVX2 entry point with its target
 /// features (the default x86-64 target has neither AVX nor FMA).
@@ -139,9 +286,14 @@ pub trait Kernel {
     fn run<S: Simd>(self, simd: S);
 }
 
-/// Which kernels run: the best the CPU has, or the portable ones everywhere.
+/// Which kernels run: the best the CPU has, or the portable ones everywhere; and, on CPUs
+/// with AVX-512F, the kernels written for its registers where a layer suits them.
 #[derive(Clone, Copy, Debug)]
-pub struct Isa(Kind);
+pub struct Isa {
+    kind: Kind,
+    #[cfg(target_arch = "x86_64")]
+    wide: Option<avx512::Avx512>,
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -154,17 +306,38 @@ impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if let Some(avx2) = avx2::Avx2::detect() {
-            return Isa(Kind::Avx2(avx2));
+            return Isa { kind: Kind::Avx2(avx2), wide: avx512::Avx512::detect() };
         }
         Isa::portable()
     }
 
     pub fn portable() -> Self {
-        Isa(Kind::Portable)
+        Isa {
+            kind: Kind::Portable,
+            #[cfg(target_arch = "x86_64")]
+            wide: None,
+        }
+    }
+
+    /// These kernels without the AVX-512 ones.
+    pub fn narrow(self) -> Self {
+        Isa {
+            #[cfg(target_arch = "x86_64")]
+            wide: None,
+            ..self
+        }
+    }
+
+    /// The AVX-512 registers, where the CPU has them and they were not turned off.
+    #[cfg(target_arch = "x86_64")]
+    pub fn wide(&self) -> Option<avx512::Avx512> {
+        self.wide
     }
 
     pub fn name(&self) -> &'static str {
-        match self.0 {
+        match self.kind {
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx2(_) if self.wide.is_some() => "AVX2+FMA, AVX-512F",
             #[cfg(target_arch = "x86_64")]
             Kind::Avx2(_) => "AVX2+FMA",
             Kind::Portable => "portable",
@@ -172,7 +345,7 @@ impl Isa {
     }
 
     pub fn run(self, kernel: impl Kernel) {
-        match self.0 {
+        match self.kind {
             #[cfg(target_arch = "x86_64")]
             Kind::Avx2(avx2) => avx2.run(kernel),
             Kind::Portable => kernel.run(Portable),
