@@ -21,6 +21,9 @@ use super::{
 };
 use crate::backend::ConvShape;
 
+#[cfg(target_arch = "x86_64")]
+mod wide;
+
 /// Whether the scatter computes fewer products than the padded full convolution: with less
 /// padding than a same-size convolution, whose borders both waste about alike.
 pub fn fits(s: &ConvShape) -> bool {
@@ -40,9 +43,16 @@ pub fn backward_data(
     pack(s, weight, &mut packed);
     let weights = &*packed;
     let full_len = full_pixels(s) * padded(s.c_in);
+    #[cfg(target_arch = "x86_64")]
+    let wide = convs.isa.wide().filter(|_| wide::fits(s));
     convs.per_image(dy, s.out_image(), dx, s.in_image(), |dy, dx| {
         with_scratch(full_len, 0, |full, _| {
             full.fill(0.0);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = wide {
+                simd.run(wide::WideScatter { s, weights, dy, out: full });
+                return unpack(s, full, dx, accumulate);
+            }
             convs.isa.run(ScatterImage { s, weights, dy, out: full });
             unpack(s, full, dx, accumulate);
         });

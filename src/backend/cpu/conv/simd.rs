@@ -138,8 +138,9 @@ mod avx2 {
 pub mod avx512 {
     use std::arch::x86_64::{
         __m256, __m512, _mm256_castpd_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
-        _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm512_castps512_ps256, _mm512_castps_pd, _mm512_extractf64x4_pd,
-        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm512_add_ps, _mm512_castps512_ps256, _mm512_castps_pd,
+        _mm512_extractf64x4_pd, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm512_storeu_ps,
     };
 
     /// Floats per register.
@@ -183,6 +184,11 @@ pub mod avx512 {
         #[inline(always)]
         pub fn load(self, v: &Vector) -> __m512 {
             unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        }
+
+        #[inline(always)]
+        pub fn add(self, a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
         }
 
         /// `acc + x·w`, `x` broadcast to every lane.
