@@ -164,16 +164,10 @@ fn conv2d_gradients_match(b: &CpuBackend) {
     }
 }
 
-/// The two sets of kernels differ only in rounding (fused or separate multiply-adds).
-#[test]
-fn portable_conv_kernels_match_the_native_ones() {
-    let [native, _, portable] = every_kernel_set();
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let close = |what: String, a: &[f32], b: &[f32]| {
-        let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(worst <= 1e-5 * scale, "{what}: differs by {worst} (largest value {scale})");
-    };
+/// Runs every shape's three passes (ReLU after the forward pass, the data gradient added to
+/// a base) on backends `a` and `b`, and hands each pair of results to `check`.
+fn compare_kernel_sets(a: &CpuBackend, b: &CpuBackend, seed: u64, check: impl Fn(String, &[f32], &[f32])) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for s in conv_shapes() {
         let slot = ParamSlot { offset: 1, weight_len: s.weight_len(), bias_len: s.c_out };
         let (x, params) = (random(&mut rng, s.in_len()), random(&mut rng, slot.offset + slot.len()));
@@ -187,12 +181,21 @@ fn portable_conv_kernels_match_the_native_ones() {
             b.conv2d_backward_params(&s, &x, &dy, &mut grads, slot);
             [y, dx, grads]
         };
-        for (what, (a, b)) in
-            ["forward", "backward data", "backward params"].iter().zip(run(&native).iter().zip(&run(&portable)))
-        {
-            close(format!("{s:?} {what}"), a, b);
+        for (what, (a, b)) in ["forward", "backward data", "backward params"].iter().zip(run(a).iter().zip(&run(b))) {
+            check(format!("{s:?} {what}"), a, b);
         }
     }
+}
+
+/// The two sets of kernels differ only in rounding (fused or separate multiply-adds).
+#[test]
+fn portable_conv_kernels_match_the_native_ones() {
+    let [native, _, portable] = every_kernel_set();
+    compare_kernel_sets(&native, &portable, 3, |what, a, b| {
+        let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst <= 1e-5 * scale, "{what}: differs by {worst} (largest value {scale})");
+    });
 }
 
 /// The AVX-512 tiles sum each output's products in the AVX2 tiles' order, so the two agree
@@ -204,27 +207,10 @@ fn avx512_conv_kernels_equal_the_avx2_ones() {
         eprintln!("not checked here: this CPU has no AVX-512F ({})", native.name());
         return;
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for s in conv_shapes() {
-        let slot = ParamSlot { offset: 2, weight_len: s.weight_len(), bias_len: s.c_out };
-        let (x, params) = (random(&mut rng, s.in_len()), random(&mut rng, slot.offset + slot.len()));
-        let (dy, base) = (random(&mut rng, s.out_len()), random(&mut rng, s.in_len()));
-        let run = |b: &CpuBackend| {
-            let mut y = b.zeros(s.out_len());
-            b.conv2d_forward(&s, &x, &params, slot, &mut y, true);
-            let mut dx = base.clone();
-            b.conv2d_backward_data(&s, &dy, &params, slot, &mut dx, true);
-            let mut grads = b.zeros(params.len());
-            b.conv2d_backward_params(&s, &x, &dy, &mut grads, slot);
-            [y, dx, grads]
-        };
-        for (what, (a, b)) in
-            ["forward", "backward data", "backward params"].iter().zip(run(&native).iter().zip(&run(&avx2)))
-        {
-            let differ = a.iter().zip(b).position(|(a, b)| a != b);
-            assert!(differ.is_none(), "{s:?} {what}[{}]: {a:?} vs {b:?}", differ.unwrap_or(0));
-        }
-    }
+    compare_kernel_sets(&native, &avx2, 5, |what, a, b| {
+        let differ = a.iter().zip(b).position(|(a, b)| a != b);
+        assert!(differ.is_none(), "{what}[{}]: {a:?} vs {b:?}", differ.unwrap_or(0));
+    });
 }
 
 #[test]
