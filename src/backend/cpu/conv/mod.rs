@@ -15,7 +15,9 @@
 //! - [`scatter`]: the data gradient of a layer with little padding.
 //!
 //! All are written once over the [`Simd`] trait and run as AVX2 + FMA or portable code
-//! ([`Isa`]). Whatever is stored channels last (packed weights, the output gradient, the
+//! ([`Isa`]); on CPUs with AVX-512F, the channel tiles and the scatter run as AVX-512 tiles
+//! (`direct/wide.rs`, `scatter/wide.rs`) for layers whose channels fill 16-lane registers,
+//! with results equal to the AVX2 tiles'. Whatever is stored channels last (packed weights, the output gradient, the
 //! filter gradient) is stored block by block ([`Blocked`]), so that a tile reads one
 //! contiguous run per tap or pixel and its inner loop has no bounds checks, which would keep
 //! the accumulators in memory.

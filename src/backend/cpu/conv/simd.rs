@@ -1,5 +1,5 @@
-//! The vector types the convolution kernels are written over, and the entry point that
-//! compiles a kernel with AVX2 and FMA where the CPU has them.
+//! The vector types the convolution kernels are written over, and the entry points that
+//! compile a kernel with AVX2 and FMA, or with AVX-512F, where the CPU has them.
 
 use std::array;
 
