@@ -50,7 +50,7 @@ pub fn backward_data(
             full.fill(0.0);
             #[cfg(target_arch = "x86_64")]
             if let Some(simd) = wide {
-                simd.run(wide::WideScatter { s, weights, dy, out: full });
+                simd.run(wide::WideScatter(ScatterImage { s, weights, dy, out: full }));
                 return unpack(s, full, dx, accumulate);
             }
             convs.isa.run(ScatterImage { s, weights, dy, out: full });
@@ -90,19 +90,30 @@ struct ScatterImage<'a> {
     pub out: &'a mut [f32],
 }
 
-impl Kernel for ScatterImage<'_> {
+impl<'a> ScatterImage<'a> {
+    /// Each block of input channels: what its tiles read, its part of `out`, and how many
+    /// pixels a tile covers.
     #[inline(always)]
-    fn run<S: Simd>(self, simd: S) {
+    fn blocks(self) -> impl Iterator<Item = (Tile<'a>, &'a mut [f32], usize)> {
         let s = self.s;
         let (pixels, kk) = (s.h_out() * s.w_out(), s.kernel * s.kernel);
         let weights = Blocked { items: kk * s.c_out, channels: s.c_in };
-        let out = Blocked { items: full_pixels(s), channels: s.c_in };
-        for block in blocks(s.c_in) {
-            let tile = Tile { s, weights: weights.block(self.weights, block), dy: self.dy, block };
-            let out = out.block_mut(self.out, block);
-            let n = tile_len(pixels, block);
+        let (full, mut out) = (full_pixels(s), self.out);
+        blocks(s.c_in).map(move |block| {
+            let (this, rest) = std::mem::take(&mut out).split_at_mut(full * block.width());
+            out = rest;
+            (Tile { s, weights: weights.block(self.weights, block), dy: self.dy, block }, this, tile_len(pixels, block))
+        })
+    }
+}
+
+impl Kernel for ScatterImage<'_> {
+    #[inline(always)]
+    fn run<S: Simd>(self, simd: S) {
+        let pixels = self.s.h_out() * self.s.w_out();
+        for (tile, out, n) in self.blocks() {
             for first in (0..pixels).step_by(n) {
-                with_tile!(block.vectors, n.min(pixels - first), scatter_tile(simd, &tile, out, first));
+                with_tile!(tile.block.vectors, n.min(pixels - first), scatter_tile(simd, &tile, out, first));
             }
         }
     }

@@ -1,13 +1,12 @@
-//! [`ScatterImage`](super::ScatterImage)'s tiles in AVX-512 registers, for layers whose
-//! input channels fill whole 16-channel blocks: one register holds a block's 16 channels.
-//! The tiles cover the pixels the AVX2 tiles do, so that every input-gradient pixel gathers
-//! its products in the same order and the two agree exactly.
+//! [`ScatterImage`]'s tiles in AVX-512 registers, for layers whose input channels fill
+//! whole 16-channel blocks: one register holds a block's 16 channels. The tiles cover the
+//! pixels the AVX2 tiles do, so that every input-gradient pixel gathers its products in the
+//! same order and the two agree exactly.
 
 use std::array;
 
 use super::super::simd::avx512::{Avx512, WideKernel, LANES};
-use super::super::{blocks, tile_len, Blocked};
-use super::{full_pixels, Tile};
+use super::{ScatterImage, Tile};
 use crate::backend::ConvShape;
 
 /// Whether these tiles serve `s`: every block of input channels is a whole register.
@@ -15,25 +14,14 @@ pub fn fits(s: &ConvShape) -> bool {
     s.c_in.is_multiple_of(LANES)
 }
 
-/// One image's input gradient, as [`ScatterImage`](super::ScatterImage) computes it.
-pub struct WideScatter<'a> {
-    pub s: &'a ConvShape,
-    pub weights: &'a [f32],
-    pub dy: &'a [f32],
-    pub out: &'a mut [f32],
-}
+/// One image's input gradient, as [`ScatterImage`] computes it.
+pub struct WideScatter<'a>(pub ScatterImage<'a>);
 
 impl WideKernel for WideScatter<'_> {
     #[inline(always)]
     fn run(self, simd: Avx512) {
-        let s = self.s;
-        let (pixels, kk) = (s.h_out() * s.w_out(), s.kernel * s.kernel);
-        let weights = Blocked { items: kk * s.c_out, channels: s.c_in };
-        let out = Blocked { items: full_pixels(s), channels: s.c_in };
-        for block in blocks(s.c_in) {
-            let tile = Tile { s, weights: weights.block(self.weights, block), dy: self.dy, block };
-            let out = out.block_mut(self.out, block);
-            let n = tile_len(pixels, block);
+        let pixels = self.0.s.h_out() * self.0.s.w_out();
+        for (tile, out, n) in self.0.blocks() {
             for first in (0..pixels).step_by(n) {
                 match n.min(pixels - first) {
                     1 => tile_at::<1>(simd, &tile, out, first),
