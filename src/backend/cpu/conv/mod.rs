@@ -17,10 +17,10 @@
 //! All are written once over the [`Simd`] trait and run as AVX2 + FMA or portable code
 //! ([`Isa`]); on CPUs with AVX-512F, the channel tiles and the scatter run as AVX-512 tiles
 //! (`direct/wide.rs`, `scatter/wide.rs`) for layers whose channels fill 16-lane registers,
-//! with results equal to the AVX2 tiles'. Whatever is stored channels last (packed weights, the output gradient, the
-//! filter gradient) is stored block by block ([`Blocked`]), so that a tile reads one
-//! contiguous run per tap or pixel and its inner loop has no bounds checks, which would keep
-//! the accumulators in memory.
+//! with results equal to the AVX2 tiles'. Whatever is stored channels last (packed weights,
+//! the output gradient, the filter gradient) is stored block by block ([`Blocked`]), so that
+//! a tile reads one contiguous run per tap or pixel and its inner loop has no bounds checks,
+//! which would keep the accumulators in memory.
 //!
 //! Images run in parallel on the current rayon pool. The filter gradient splits a batch into
 //! tasks by shape alone and sums their partial gradients in task order, so that results are
@@ -51,6 +51,10 @@ type Vector = [f32; LANES];
 const ACCUMULATORS: usize = 12;
 /// Channel vectors per tile at most: with more, 12 accumulators no longer fit beside them.
 const MAX_VECTORS: usize = 2;
+
+// The AVX-512 tiles read a whole block as one register.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(simd::avx512::LANES == MAX_VECTORS * LANES, "an AVX-512 register holds one block");
 
 /// Channels rounded up to whole vectors; packed weights and gradients pad with zeros.
 pub fn padded(channels: usize) -> usize {

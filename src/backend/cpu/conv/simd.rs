@@ -147,6 +147,12 @@ pub mod avx512 {
     pub const LANES: usize = 16;
     pub type Vector = [f32; LANES];
 
+    /// The first register's worth of `src`.
+    #[inline(always)]
+    pub fn register(src: &[f32]) -> &Vector {
+        src[..LANES].try_into().expect("a whole register")
+    }
+
     /// [`Avx512::detect`] hands one out only on a CPU with AVX-512F.
     #[derive(Clone, Copy, Debug)]
     pub struct Avx512(());

@@ -9,7 +9,7 @@
 
 use std::array;
 
-use super::super::simd::avx512::{Avx512, WideKernel, LANES};
+use super::super::simd::avx512::{register, Avx512, WideKernel, LANES};
 use super::super::{blocks, Block, Blocked, FilterGrad};
 use super::Conv;
 
@@ -62,7 +62,7 @@ fn tile(simd: Avx512, image: &mut WideImage, weights: &[f32], channel: usize, fi
     let span = starts[PIXELS - 1] + k;
     let (top, bottom) = (pixel(0).0, pixel(PIXELS - 1).0);
     let kernel_rows = c.data_rows.start.saturating_sub(bottom)..c.data_rows.end.saturating_sub(top).min(k);
-    let init = c.bias.map_or(simd.zero(), |b| simd.load(lanes(&b[channel..])));
+    let init = c.bias.map_or(simd.zero(), |b| simd.load(register(&b[channel..])));
     let mut acc = [init; PIXELS];
     let tap_row = k * LANES;
     for (plane, weights) in
@@ -71,7 +71,7 @@ fn tile(simd: Avx512, image: &mut WideImage, weights: &[f32], channel: usize, fi
         for ky in kernel_rows.clone() {
             let row = &plane[ky * planes.width..][..span];
             for (kx, w) in weights[ky * tap_row..][..tap_row].chunks_exact(LANES).enumerate() {
-                let w = simd.load(lanes(w));
+                let w = simd.load(register(w));
                 for p in 0..PIXELS {
                     // SAFETY: `starts[p] <= starts[PIXELS - 1]` and `kx < k`, so the index is
                     // below `span`, the row's length. (Checked, each of these loads would
@@ -135,7 +135,7 @@ fn taps_tile(simd: Avx512, g: &mut FilterGrad, block: Block, first: usize) {
             // Slices of exactly `wo`, so that indexing them by pixel needs no bounds checks.
             let rows: [&[f32]; PIXELS] = array::from_fn(|t| &x[offsets[t] + oy * planes.width..][..wo]);
             for (px, d) in (0..wo).zip(dy.chunks_exact(LANES)) {
-                let d = simd.load(lanes(d));
+                let d = simd.load(register(d));
                 for t in 0..PIXELS {
                     acc[t] = simd.mul_add(rows[t][px], d, acc[t]);
                 }
@@ -147,10 +147,4 @@ fn taps_tile(simd: Avx512, g: &mut FilterGrad, block: Block, first: usize) {
     for (out, &v) in out.chunks_exact_mut(LANES).zip(&acc).take(taps - first) {
         out.copy_from_slice(&simd.store(v));
     }
-}
-
-/// The first register's worth of `src`.
-#[inline(always)]
-fn lanes(src: &[f32]) -> &[f32; LANES] {
-    src[..LANES].try_into().expect("a whole register")
 }

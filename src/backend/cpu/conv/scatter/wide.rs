@@ -5,7 +5,7 @@
 
 use std::array;
 
-use super::super::simd::avx512::{Avx512, WideKernel, LANES};
+use super::super::simd::avx512::{register, Avx512, WideKernel, LANES};
 use super::{ScatterImage, Tile};
 use crate::backend::ConvShape;
 
@@ -49,7 +49,7 @@ fn tile_at<const PX: usize>(simd: Avx512, t: &Tile, out: &mut [f32], first: usiz
         let mut acc = [simd.zero(); PX];
         for (plane, w) in t.dy.chunks_exact(pixels).zip(weights.chunks_exact(LANES)) {
             let xs = &plane[first..][..PX];
-            let w = simd.load(w.try_into().expect("a whole register"));
+            let w = simd.load(register(w));
             for p in 0..PX {
                 acc[p] = simd.mul_add(xs[p], w, acc[p]);
             }
