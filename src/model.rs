@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, PoolShape, Stats, StepKey, StepScalars, Update};
+use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, Stats, StepKey, StepScalars, Update};
 pub use crate::data::{CLASSES, IMAGE_SIDE};
 use crate::recipe::Recipe;
 
@@ -244,8 +244,8 @@ impl Block {
         let BlockActs { hidden, out, aux } = acts;
         match (self.kind, aux) {
             (BlockKind::Original, _) => {
-                self.branch_forward(b, batch, params, x, hidden, out, false);
-                b.axpby(n, 1.0, x, 1.0, out, true);
+                b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, hidden, true);
+                b.conv2d_add_relu_forward(&self.conv2.shape(batch), hidden, params, self.conv2.slot, x, out);
             }
             (BlockKind::Plain, _) => self.branch_forward(b, batch, params, x, hidden, out, true),
             (BlockKind::ReluBeforeAdd, Some(branch)) => {
@@ -263,10 +263,10 @@ impl Block {
                 b.axpby(n, SKIP_SCALE, x, SKIP_SCALE, out, true);
             }
             (BlockKind::ConvShortcut, Some(skip)) => {
-                self.branch_forward(b, batch, params, x, hidden, out, false);
                 let shortcut = self.shortcut.expect("conv-shortcut blocks have a shortcut");
                 b.conv2d_forward(&shortcut.shape(batch), x, params, shortcut.slot, skip, false);
-                b.axpby(n, 1.0, skip, 1.0, out, true);
+                b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, hidden, true);
+                b.conv2d_add_relu_forward(&self.conv2.shape(batch), hidden, params, self.conv2.slot, skip, out);
             }
             (kind, None) => unreachable!("{kind} blocks get an aux buffer"),
         }
@@ -470,11 +470,6 @@ impl Net {
         Net { arch, layout, conv1, stage1, conv2, stage2, fc }
     }
 
-    fn pool(conv: &Conv, batch: usize) -> PoolShape {
-        let side = conv.out_side();
-        PoolShape { batch, channels: conv.c_out, height: side, width: side }
-    }
-
     /// Every convolution, from the input up.
     pub fn convs(&self) -> Vec<Conv> {
         let stage = |s: &Stage| -> Vec<Conv> {
@@ -508,11 +503,11 @@ impl Net {
         stats: &mut B::StatsBuf,
     ) {
         assert!(batch <= ws.capacity, "batch {batch} exceeds workspace capacity {}", ws.capacity);
-        b.conv2d_forward(&self.conv1.shape(batch), &ws.x, params, self.conv1.slot, &mut ws.c1, true);
-        b.maxpool_forward(&Self::pool(&self.conv1, batch), &ws.c1, &mut ws.p1, &mut ws.argmax1);
+        let (conv1, conv2) = (self.conv1.shape(batch), self.conv2.shape(batch));
+        b.conv2d_relu_maxpool_forward(&conv1, &ws.x, params, self.conv1.slot, &mut ws.c1, &mut ws.p1, &mut ws.argmax1);
         self.stage1.forward(b, batch, params, &ws.p1, &mut ws.stage1);
-        b.conv2d_forward(&self.conv2.shape(batch), ws.stage1.out(), params, self.conv2.slot, &mut ws.c2, true);
-        b.maxpool_forward(&Self::pool(&self.conv2, batch), &ws.c2, &mut ws.p2, &mut ws.argmax2);
+        let x2 = ws.stage1.out();
+        b.conv2d_relu_maxpool_forward(&conv2, x2, params, self.conv2.slot, &mut ws.c2, &mut ws.p2, &mut ws.argmax2);
         self.stage2.forward(b, batch, params, &ws.p2, &mut ws.stage2);
         b.linear_forward(&self.fc.shape(batch), ws.stage2.out(), params, self.fc.slot, &mut ws.logits);
         b.softmax_cross_entropy(batch, CLASSES, smoothing, &ws.logits, &ws.labels, &mut ws.d_logits, stats);
@@ -534,7 +529,7 @@ impl Net {
 
         // ReLU, then max-pool: the pool hands each gradient to its window's maximum, which is
         // the pooled value, so the ReLU's mask applies on the pooled side, a quarter the size.
-        let pool2 = Self::pool(&self.conv2, batch);
+        let pool2 = self.conv2.shape(batch).pool();
         b.relu_backward(pool2.out_len(), &ws.p2, &mut ws.d_stage2);
         b.maxpool_backward(&pool2, &ws.d_stage2, &ws.argmax2, &mut ws.d_c2);
         let conv2 = self.conv2.shape(batch);
@@ -542,7 +537,7 @@ impl Net {
         b.conv2d_backward_data(&conv2, &ws.d_c2, params, self.conv2.slot, &mut ws.d_stage1, false);
         self.stage1.backward(b, batch, params, grads, &ws.p1, &mut ws.stage1, &mut ws.d_stage1);
 
-        let pool1 = Self::pool(&self.conv1, batch);
+        let pool1 = self.conv1.shape(batch).pool();
         b.relu_backward(pool1.out_len(), &ws.p1, &mut ws.d_stage1);
         b.maxpool_backward(&pool1, &ws.d_stage1, &ws.argmax1, &mut ws.d_c1);
         b.conv2d_backward_params(&self.conv1.shape(batch), &ws.x, &ws.d_c1, grads, self.conv1.slot);
@@ -614,8 +609,8 @@ pub struct Workspace<B: Backend> {
 /// `--batch-size` costs in memory, to check before allocating.
 pub fn workspace_elements(net: &Net, capacity: usize) -> usize {
     let n = capacity;
-    let (c1, p1) = (net.conv1.shape(n).out_len(), Net::pool(&net.conv1, n).out_len());
-    let (c2, p2) = (net.conv2.shape(n).out_len(), Net::pool(&net.conv2, n).out_len());
+    let (c1, p1) = (net.conv1.shape(n).out_len(), net.conv1.shape(n).pool().out_len());
+    let (c2, p2) = (net.conv2.shape(n).out_len(), net.conv2.shape(n).pool().out_len());
     let stage = |stage: &Stage| {
         let len = stage.len(n);
         let aux = |kind: BlockKind| if kind.has_aux() { len } else { 0 };
@@ -629,9 +624,9 @@ impl<B: Backend> Workspace<B> {
     pub fn new(b: &B, net: &Net, capacity: usize) -> Self {
         let n = capacity;
         let c1 = net.conv1.shape(n).out_len();
-        let p1 = Net::pool(&net.conv1, n).out_len();
+        let p1 = net.conv1.shape(n).pool().out_len();
         let c2 = net.conv2.shape(n).out_len();
-        let p2 = Net::pool(&net.conv2, n).out_len();
+        let p2 = net.conv2.shape(n).pool().out_len();
         Workspace {
             capacity,
             x: b.zeros(net.conv1.shape(n).in_len()),

@@ -230,6 +230,36 @@ fn conv2d_backward_data_accumulates() {
     }
 }
 
+/// The fused forward ops equal the ops they fuse, bit for bit: a convolution closing a
+/// residual join, and a convolution with its ReLU and max-pool (output sides that are odd
+/// included, whose last row or column no window covers).
+#[test]
+fn fused_conv_forwards_equal_the_ops_they_fuse() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for b in every_kernel_set() {
+        for s in conv_shapes() {
+            let slot = ParamSlot { offset: 0, weight_len: s.weight_len(), bias_len: s.c_out };
+            let (x, params, skip) =
+                (random(&mut rng, s.in_len()), random(&mut rng, slot.len()), random(&mut rng, s.out_len()));
+            let mut composed = b.zeros(s.out_len());
+            b.conv2d_forward(&s, &x, &params, slot, &mut composed, false);
+            b.axpby(s.out_len(), 1.0, &skip, 1.0, &mut composed, true);
+            let mut fused = b.zeros(s.out_len());
+            b.conv2d_add_relu_forward(&s, &x, &params, slot, &skip, &mut fused);
+            assert_eq!(fused, composed, "{} {s:?}: convolution + residual join", b.name());
+
+            let pool = s.pool();
+            let mut y = b.zeros(s.out_len());
+            b.conv2d_forward(&s, &x, &params, slot, &mut y, true);
+            let (mut pooled, mut argmax) = (b.zeros(pool.out_len()), b.zeros_idx(pool.out_len()));
+            b.maxpool_forward(&pool, &y, &mut pooled, &mut argmax);
+            let (mut fused, mut fused_argmax) = (b.zeros(pool.out_len()), b.zeros_idx(pool.out_len()));
+            b.conv2d_relu_maxpool_forward(&s, &x, &params, slot, &mut y, &mut fused, &mut fused_argmax);
+            assert_eq!((fused, fused_argmax), (pooled, argmax), "{} {s:?}: convolution + max-pool", b.name());
+        }
+    }
+}
+
 #[test]
 fn linear_gradients_match_finite_differences() {
     let b = backend();

@@ -88,6 +88,11 @@ impl ConvShape {
     pub fn macs(&self) -> usize {
         self.out_len() * self.patch()
     }
+
+    /// The 2×2 max-pool over this convolution's output.
+    pub fn pool(&self) -> PoolShape {
+        PoolShape { batch: self.batch, channels: self.c_out, height: self.h_out(), width: self.w_out() }
+    }
 }
 
 /// A 2×2, stride-2 max-pool over `channels` planes of `height × width` per image.
@@ -270,6 +275,37 @@ pub trait Backend {
         y: &mut Self::Buf,
         relu: bool,
     );
+    /// `y = relu(conv(x, W) + b + skip)`: the convolution that closes a residual join.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_add_relu_forward(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        params: &Self::Buf,
+        slot: ParamSlot,
+        skip: &Self::Buf,
+        y: &mut Self::Buf,
+    ) {
+        self.conv2d_forward(s, x, params, slot, y, false);
+        self.axpby(s.out_len(), 1.0, skip, 1.0, y, true);
+    }
+    /// `relu(conv(x, W) + b)`, max-pooled into `pooled` and `argmax` as
+    /// [`Backend::maxpool_forward`] does. `y` is the convolution's output on the way, which
+    /// nothing reads afterwards: a backend that fuses the two may leave it unwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_relu_maxpool_forward(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        params: &Self::Buf,
+        slot: ParamSlot,
+        y: &mut Self::Buf,
+        pooled: &mut Self::Buf,
+        argmax: &mut Self::Idx,
+    ) {
+        self.conv2d_forward(s, x, params, slot, y, true);
+        self.maxpool_forward(&s.pool(), y, pooled, argmax);
+    }
     /// `dx (+)= conv_transpose(dy, W)`; adds into `dx` when `accumulate`.
     fn conv2d_backward_data(
         &self,

@@ -69,6 +69,11 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }
+
+    fn conv_forward(&self, s: &ConvShape, x: &[f32], params: &[f32], slot: ParamSlot, out: conv::Output) {
+        let (weight, bias) = (&params[slot.weight()], &params[slot.bias()]);
+        self.pool.install(|| self.conv.forward(s, x, weight, bias, out));
+    }
 }
 
 /// A read-only matrix: element (i, j) is `data[i * rs + j * cs]`.
@@ -221,8 +226,33 @@ impl Backend for CpuBackend {
         y: &mut Vec<f32>,
         relu: bool,
     ) {
-        let (weight, bias) = (&params[slot.weight()], &params[slot.bias()]);
-        self.pool.install(|| self.conv.forward(s, x, weight, bias, y, relu));
+        self.conv_forward(s, x, params, slot, conv::Output::Plain { y, relu });
+    }
+
+    fn conv2d_add_relu_forward(
+        &self,
+        s: &ConvShape,
+        x: &Vec<f32>,
+        params: &Vec<f32>,
+        slot: ParamSlot,
+        skip: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        self.conv_forward(s, x, params, slot, conv::Output::Residual { y, skip });
+    }
+
+    /// Fused: each image is pooled as soon as it is convolved, from the thread's scratch.
+    fn conv2d_relu_maxpool_forward(
+        &self,
+        s: &ConvShape,
+        x: &Vec<f32>,
+        params: &Vec<f32>,
+        slot: ParamSlot,
+        _y: &mut Vec<f32>,
+        pooled: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
+    ) {
+        self.conv_forward(s, x, params, slot, conv::Output::Pooled { pooled, argmax });
     }
 
     fn conv2d_backward_data(

@@ -7,27 +7,21 @@ use std::ops::Range;
 use super::simd::{load, spill};
 use super::{
     blocks, pad_planes, padded, tile_len, with_scratch, with_tile, Block, Blocked, Convolutions, FilterGrad, Kernel,
-    Planes, Simd, LANES, MAX_VECTORS,
+    Output, Planes, Simd, LANES, MAX_VECTORS,
 };
 use crate::backend::ConvShape;
 
 #[cfg(target_arch = "x86_64")]
 mod wide;
 
-pub fn forward(
-    convs: &Convolutions,
-    s: &ConvShape,
-    x: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    y: &mut [f32],
-    relu: bool,
-) {
+pub fn forward(convs: &Convolutions, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], out: Output) {
     let (taps, stride) = (s.patch(), padded(s.c_out));
     let mut packed = convs.packed((taps + 1) * stride);
     let (weights, packed_bias) = packed.split_at_mut(taps * stride);
     pack_forward(s, weight, bias, weights, packed_bias);
-    run_images(convs, &Conv::forward(s, weights, packed_bias, relu), x, y);
+    let conv = Conv::forward(s, weights, packed_bias, out.relu());
+    let image = image_kernel(convs, &conv);
+    convs.forward_images(s, x, out, conv.planes.len(), image);
 }
 
 pub fn backward_data(
@@ -41,7 +35,8 @@ pub fn backward_data(
     let len = s.c_out * s.kernel * s.kernel * padded(s.c_in);
     let mut weights = convs.packed(len);
     pack_backward_data(s, weight, &mut weights);
-    run_images(convs, &Conv::backward_data(s, &weights, accumulate), dy, dx);
+    let conv = Conv::backward_data(s, &weights, accumulate);
+    convs.per_image(dy, conv.in_len(), dx, conv.out_len(), conv.planes.len(), image_kernel(convs, &conv));
 }
 
 pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32], grads: &mut [f32]) {
@@ -70,21 +65,19 @@ pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32
     db.copy_from_slice(&partials[taps * stride..][..s.c_out]);
 }
 
-/// Runs `conv` over every image of `src`, writing the images of `out`: in AVX-512 registers
-/// where the CPU has them and the layer fills them.
-fn run_images(convs: &Convolutions, conv: &Conv, src: &[f32], out: &mut [f32]) {
+/// `conv` of one image, `(src, scratch, out)`: in AVX-512 registers where the CPU has them
+/// and the layer fills them.
+fn image_kernel<'a>(convs: &'a Convolutions, conv: &'a Conv) -> impl Fn(&[f32], &mut [f32], &mut [f32]) + Sync + 'a {
     #[cfg(target_arch = "x86_64")]
     let wide = convs.isa.wide().filter(|_| wide::fits(conv.out_channels));
-    convs.per_image(src, conv.in_len(), out, conv.out_len(), |src, out| {
-        with_scratch(conv.planes.len(), 0, |scratch, _| {
-            let input = conv.pad(src, scratch);
-            #[cfg(target_arch = "x86_64")]
-            if let Some(simd) = wide {
-                return simd.run(wide::WideImage { conv, input, out });
-            }
-            convs.isa.run(ConvImage { conv, input, out });
-        });
-    });
+    move |src, scratch, out| {
+        let input = conv.pad(src, scratch);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = wide {
+            return simd.run(wide::WideImage { conv, input, out });
+        }
+        convs.isa.run(ConvImage { conv, input, out });
+    }
 }
 
 /// Packs `W[co][ci][ky][kx]` for the forward pass, taps `(ci, ky, kx)` by `co`, and the bias.

@@ -32,6 +32,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rayon::prelude::*;
 
+use super::MaxPoolPlane;
 use crate::backend::ConvShape;
 
 mod direct;
@@ -153,13 +154,13 @@ impl Convolutions {
         self.isa
     }
 
-    /// `y = conv(x, W) + b` over a batch, then ReLU when `relu`.
-    pub fn forward(&self, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y: &mut [f32], relu: bool) {
-        let (x, y) = (&x[..s.in_len()], &mut y[..s.out_len()]);
+    /// `y = conv(x, W) + b` over a batch, into `out` as it says.
+    pub fn forward(&self, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], out: Output) {
+        let x = &x[..s.in_len()];
         if rows::fits(s) {
-            rows::forward(self, s, x, weight, bias, y, relu)
+            rows::forward(self, s, x, weight, bias, out)
         } else {
-            direct::forward(self, s, x, weight, bias, y, relu)
+            direct::forward(self, s, x, weight, bias, out)
         }
     }
 
@@ -188,17 +189,65 @@ impl Convolutions {
         grown(&self.packed, len)
     }
 
-    /// Runs `f(image, out)` over every image of `src` (`in_len` floats each) and its
-    /// `out_len` floats of `out`, images in parallel.
+    /// Runs `image(src, scratch, out)` over every image of `src` (`in_len` floats each) and
+    /// its `out_len` floats of `out`, images in parallel, with `scratch_len` floats of the
+    /// thread's scratch.
     fn per_image(
         &self,
         src: &[f32],
         in_len: usize,
         out: &mut [f32],
         out_len: usize,
-        f: impl Fn(&[f32], &mut [f32]) + Sync,
+        scratch_len: usize,
+        image: impl Fn(&[f32], &mut [f32], &mut [f32]) + Sync,
     ) {
-        out.par_chunks_mut(out_len).zip(src.par_chunks(in_len)).for_each(|(out, src)| f(src, out));
+        out.par_chunks_mut(out_len).zip(src.par_chunks(in_len)).for_each(|(out, src)| {
+            with_scratch(scratch_len, 0, |scratch, _| image(src, scratch, out));
+        });
+    }
+
+    /// Runs `image(src, scratch, y)`, one image's forward pass of `s` into its `y`, over every
+    /// image of `x`, and finishes each image as `out` says while it is in the core's caches.
+    /// `image` applies the ReLU [`Output::relu`] asks of it.
+    fn forward_images(
+        &self,
+        s: &ConvShape,
+        x: &[f32],
+        out: Output,
+        scratch_len: usize,
+        image: impl Fn(&[f32], &mut [f32], &mut [f32]) + Sync,
+    ) {
+        let (in_len, out_len) = (s.in_image(), s.out_image());
+        match out {
+            Output::Plain { y, .. } => self.per_image(x, in_len, &mut y[..s.out_len()], out_len, scratch_len, image),
+            Output::Residual { y, skip } => {
+                let (y, skip) = (&mut y[..s.out_len()], &skip[..s.out_len()]);
+                y.par_chunks_mut(out_len).zip(skip.par_chunks(out_len)).zip(x.par_chunks(in_len)).for_each(
+                    |((y, skip), x)| {
+                        with_scratch(scratch_len, 0, |scratch, _| image(x, scratch, y));
+                        for (y, &skip) in y.iter_mut().zip(skip) {
+                            *y = (*y + skip).max(0.0);
+                        }
+                    },
+                );
+            }
+            Output::Pooled { pooled, argmax } => {
+                let pool = s.pool();
+                let (plane, pooled_plane) = (pool.height * pool.width, pool.out_len() / pool.batch / pool.channels);
+                let pooled_len = pool.channels * pooled_plane;
+                let (pooled, argmax) = (&mut pooled[..pool.out_len()], &mut argmax[..pool.out_len()]);
+                let outs = pooled.par_chunks_mut(pooled_len).zip(argmax.par_chunks_mut(pooled_len));
+                outs.zip(x.par_chunks(in_len)).for_each(|((pooled, argmax), x)| {
+                    with_scratch(scratch_len, out_len, |scratch, y| {
+                        image(x, scratch, y);
+                        let planes = pooled.chunks_exact_mut(pooled_plane).zip(argmax.chunks_exact_mut(pooled_plane));
+                        for ((y, idx), x) in planes.zip(y.chunks_exact(plane)) {
+                            self.isa.run(MaxPoolPlane { width: pool.width, x, y, idx });
+                        }
+                    });
+                });
+            }
+        }
     }
 
     /// Runs `f(x, dy, partial)` over the tasks of `s`'s filter gradient ([`Tasks`]), each with
@@ -227,6 +276,30 @@ impl Convolutions {
             }
         }
         partials
+    }
+}
+
+/// Where a forward pass puts its output, and what it does to it on the way.
+pub enum Output<'a> {
+    /// `y`, ReLU'd when `relu`.
+    Plain { y: &'a mut [f32], relu: bool },
+    /// `y = relu(conv + skip)`: the convolution that closes a residual join.
+    Residual { y: &'a mut [f32], skip: &'a [f32] },
+    /// ReLU'd, then max-pooled over 2×2 windows into `pooled` and `argmax` as
+    /// [`Backend::maxpool_forward`](crate::backend::Backend::maxpool_forward) does: each
+    /// image's full-size output stays in the thread's scratch and never reaches memory.
+    Pooled { pooled: &'a mut [f32], argmax: &'a mut [u32] },
+}
+
+impl Output<'_> {
+    /// Whether the kernel applies a ReLU to what it writes: the residual join applies its own
+    /// after the sum.
+    fn relu(&self) -> bool {
+        match self {
+            Output::Plain { relu, .. } => *relu,
+            Output::Residual { .. } => false,
+            Output::Pooled { .. } => true,
+        }
     }
 }
 

@@ -16,7 +16,8 @@
 use std::array;
 
 use super::{
-    pad_planes, vector, with_scratch, with_tile, Convolutions, FilterGrad, Kernel, Planes, Simd, ACCUMULATORS, LANES,
+    pad_planes, vector, with_scratch, with_tile, Convolutions, FilterGrad, Kernel, Output, Planes, Simd, ACCUMULATORS,
+    LANES,
 };
 use crate::backend::ConvShape;
 
@@ -40,23 +41,13 @@ fn channel_groups(channels: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..channels).step_by(TILE_CHANNELS).map(move |first| (first, TILE_CHANNELS.min(channels - first)))
 }
 
-pub fn forward(
-    convs: &Convolutions,
-    s: &ConvShape,
-    x: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    y: &mut [f32],
-    relu: bool,
-) {
+pub fn forward(convs: &Convolutions, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], out: Output) {
     let mut packed = convs.packed(s.weight_len());
     pack_forward(s, weight, &mut packed);
-    let (planes, kernel, weights) = (Planes::input(s), s.kernel, &*packed);
-    convs.per_image(x, s.in_image(), y, s.out_image(), |src, out| {
-        with_scratch(planes.len(), 0, |scratch, _| {
-            let input = pad_planes(src, s.height, s.width, s.pad as isize, planes, scratch);
-            convs.isa.run(RowForward { input, planes, kernel, weights, bias, relu, out });
-        });
+    let (planes, kernel, weights, relu) = (Planes::input(s), s.kernel, &*packed, out.relu());
+    convs.forward_images(s, x, out, planes.len(), |src, scratch, out| {
+        let input = pad_planes(src, s.height, s.width, s.pad as isize, planes, scratch);
+        convs.isa.run(RowForward { input, planes, kernel, weights, bias, relu, out });
     });
 }
 

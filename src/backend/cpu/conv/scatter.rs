@@ -16,9 +16,7 @@
 
 use std::array;
 
-use super::{
-    blocks, load, padded, tile_len, with_scratch, with_tile, Block, Blocked, Convolutions, Kernel, Simd, LANES,
-};
+use super::{blocks, load, padded, tile_len, with_tile, Block, Blocked, Convolutions, Kernel, Simd, LANES};
 use crate::backend::ConvShape;
 
 #[cfg(target_arch = "x86_64")]
@@ -45,17 +43,15 @@ pub fn backward_data(
     let full_len = full_pixels(s) * padded(s.c_in);
     #[cfg(target_arch = "x86_64")]
     let wide = convs.isa.wide().filter(|_| wide::fits(s));
-    convs.per_image(dy, s.out_image(), dx, s.in_image(), |dy, dx| {
-        with_scratch(full_len, 0, |full, _| {
-            full.fill(0.0);
-            #[cfg(target_arch = "x86_64")]
-            if let Some(simd) = wide {
-                simd.run(wide::WideScatter(ScatterImage { s, weights, dy, out: full }));
-                return unpack(s, full, dx, accumulate);
-            }
-            convs.isa.run(ScatterImage { s, weights, dy, out: full });
-            unpack(s, full, dx, accumulate);
-        });
+    convs.per_image(dy, s.out_image(), dx, s.in_image(), full_len, |dy, full, dx| {
+        full.fill(0.0);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = wide {
+            simd.run(wide::WideScatter(ScatterImage { s, weights, dy, out: full }));
+            return unpack(s, full, dx, accumulate);
+        }
+        convs.isa.run(ScatterImage { s, weights, dy, out: full });
+        unpack(s, full, dx, accumulate);
     });
 }
 
