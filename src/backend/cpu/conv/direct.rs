@@ -251,53 +251,62 @@ impl Kernel for ConvImage<'_> {
         let layout = Blocked { items: c.planes.channels * c.kernel * c.kernel, channels: c.out_channels };
         for block in blocks(c.out_channels) {
             let weights = layout.block(c.weights, block);
-            let px = tile_len(wo, block);
-            for oy in 0..ho {
-                for ox in (0..wo).step_by(px) {
-                    let px = px.min(wo - ox);
-                    with_tile!(block.vectors, px, conv_tile(simd, &mut self, weights, block.first, oy, ox));
-                }
+            let px = tile_len(ho * wo, block);
+            for first in (0..ho * wo).step_by(px) {
+                let px = px.min(ho * wo - first);
+                with_tile!(block.vectors, px, conv_tile(simd, &mut self, weights, block.first, first));
             }
         }
     }
 }
 
-/// Output pixels `ox..ox + PX` of row `oy`, `CV` vectors of channels from `first`.
+/// Output pixels `first..first + PX` of the plane, in order across rows, `CV` vectors of
+/// channels from `channel`. Running on across rows keeps all the accumulators busy on planes
+/// narrower than a tile (conv2's 8×8, rblock2's 4×4).
 #[inline(always)]
 fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
     simd: S,
     image: &mut ConvImage,
     weights: &[f32],
+    channel: usize,
     first: usize,
-    oy: usize,
-    ox: usize,
 ) {
     let c = image.conv;
     let (k, planes) = (c.kernel, c.planes);
-    let init = c.bias.map_or([simd.zero(); CV], |b| load(simd, &b[first..]));
+    let (ho, wo) = planes.out(k);
+    let pixel = |p: usize| ((first + p) / wo, (first + p) % wo);
+    // Where each pixel's window starts in a plane; they only grow, so the last pixel's
+    // window ends furthest on.
+    let starts: [usize; PX] = array::from_fn(|p| pixel(p).0 * planes.width + pixel(p).1);
+    let span = starts[PX - 1] + k;
+    let (top, bottom) = (pixel(0).0, pixel(PX - 1).0);
+    // Kernel rows that read only padding for every pixel of the tile are skipped.
+    let kernel_rows = c.data_rows.start.saturating_sub(bottom)..c.data_rows.end.saturating_sub(top).min(k);
+    let init = c.bias.map_or([simd.zero(); CV], |b| load(simd, &b[channel..]));
     let mut acc = [init; PX];
-    let kernel_rows = c.data_rows.start.saturating_sub(oy)..c.data_rows.end.saturating_sub(oy).min(k);
     let tap_row = k * CV * LANES;
     for (plane, weights) in
         image.input.chunks_exact(planes.height * planes.width).zip(weights.chunks_exact(k * tap_row))
     {
         for ky in kernel_rows.clone() {
-            let row = &plane[(oy + ky) * planes.width + ox..][..k - 1 + PX];
-            let taps = weights[ky * tap_row..][..tap_row].chunks_exact(CV * LANES);
-            for (xs, w) in row.windows(PX).zip(taps) {
+            let row = &plane[ky * planes.width..][..span];
+            for (kx, w) in weights[ky * tap_row..][..tap_row].chunks_exact(CV * LANES).enumerate() {
                 let w = load::<S, CV>(simd, w);
                 for px in 0..PX {
+                    // SAFETY: `starts[px] <= starts[PX - 1]` and `kx < k`, so the index is
+                    // below `span`, the row's length. (Checked, each of these loads would
+                    // cost a compare and a branch beside its multiply-adds.)
+                    let x = unsafe { *row.get_unchecked(starts[px] + kx) };
                     for v in 0..CV {
-                        acc[px][v] = simd.mul_add(xs[px], w[v], acc[px][v]);
+                        acc[px][v] = simd.mul_add(x, w[v], acc[px][v]);
                     }
                 }
             }
         }
     }
-    let (ho, wo) = planes.out(k);
     let tile = spill(simd, &acc);
-    for (i, co) in (first..c.out_channels.min(first + CV * LANES)).enumerate() {
-        let out = &mut image.out[co * ho * wo + oy * wo + ox..][..PX];
+    for (i, co) in (channel..c.out_channels.min(channel + CV * LANES)).enumerate() {
+        let out = &mut image.out[co * ho * wo + first..][..PX];
         let values = tile.iter().map(|px| px[i / LANES][i % LANES]);
         let values = values.map(|v| if c.relu { v.max(0.0) } else { v });
         if c.accumulate {
