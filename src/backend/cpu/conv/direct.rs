@@ -6,8 +6,8 @@ use std::ops::Range;
 
 use super::simd::{load, spill};
 use super::{
-    blocks, pad_planes, padded, tile_len, with_scratch, with_tile, Block, Blocked, Convolutions, FilterGrad, Kernel,
-    Output, Planes, Simd, LANES, MAX_VECTORS,
+    blocks, pad_planes, padded, tile_len, with_filter_size, with_scratch, with_tile, Block, Blocked, Convolutions,
+    FilterGrad, Kernel, Output, Planes, Simd, LANES, MAX_VECTORS,
 };
 use crate::backend::ConvShape;
 
@@ -245,16 +245,24 @@ struct ConvImage<'a> {
 
 impl Kernel for ConvImage<'_> {
     #[inline(always)]
-    fn run<S: Simd>(mut self, simd: S) {
+    fn run<S: Simd>(self, simd: S) {
+        with_filter_size!(self.conv.kernel, |k| self.tiles(simd, k))
+    }
+}
+
+impl ConvImage<'_> {
+    /// Every tile of the image, for `k == self.conv.kernel`.
+    #[inline(always)]
+    fn tiles<S: Simd>(mut self, simd: S, k: usize) {
         let c = self.conv;
-        let (ho, wo) = c.planes.out(c.kernel);
-        let layout = Blocked { items: c.planes.channels * c.kernel * c.kernel, channels: c.out_channels };
+        let (ho, wo) = c.planes.out(k);
+        let layout = Blocked { items: c.planes.channels * k * k, channels: c.out_channels };
         for block in blocks(c.out_channels) {
             let weights = layout.block(c.weights, block);
             let px = tile_len(ho * wo, block);
             for first in (0..ho * wo).step_by(px) {
                 let px = px.min(ho * wo - first);
-                with_tile!(block.vectors, px, conv_tile(simd, &mut self, weights, block.first, first));
+                with_tile!(block.vectors, px, conv_tile(simd, &mut self, k, weights, block.first, first));
             }
         }
     }
@@ -267,12 +275,12 @@ impl Kernel for ConvImage<'_> {
 fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
     simd: S,
     image: &mut ConvImage,
+    k: usize,
     weights: &[f32],
     channel: usize,
     first: usize,
 ) {
-    let c = image.conv;
-    let (k, planes) = (c.kernel, c.planes);
+    let (c, planes) = (image.conv, image.conv.planes);
     let (ho, wo) = planes.out(k);
     let pixel = |p: usize| ((first + p) / wo, (first + p) % wo);
     // Where each pixel's window starts in a plane; they only grow, so the last pixel's
@@ -349,15 +357,18 @@ fn filter_tile<S: Simd, const T: usize, const CV: usize>(simd: S, g: &mut Filter
     let mut acc = [[simd.zero(); CV]; T];
     for (x, dy) in g.input.chunks_exact(planes.len()).zip(g.dy.chunks_exact(dy_layout.len())) {
         let dy = dy_layout.block(dy, block);
+        // What each tap reads of the image, from its first output pixel to its last: sliced
+        // once an image, not once a row, which on small planes cost as much as the row's
+        // multiply-adds.
+        let windows: [&[f32]; T] = array::from_fn(|t| &x[offsets[t]..][..(ho - 1) * planes.width + wo]);
         for (oy, dy) in dy.chunks_exact(wo * CV * LANES).enumerate() {
-            // The row each tap reads; slices of exactly `wo`, so that indexing them by pixel
-            // needs no bounds checks.
-            let rows: [&[f32]; T] = array::from_fn(|t| &x[offsets[t] + oy * planes.width..][..wo]);
-            for (px, d) in (0..wo).zip(dy.chunks_exact(CV * LANES)) {
-                let d = load::<S, CV>(simd, d);
+            for (ox, d) in dy.chunks_exact(CV * LANES).enumerate() {
+                let (d, at) = (load::<S, CV>(simd, d), oy * planes.width + ox);
                 for t in 0..T {
+                    // SAFETY: `oy < ho` and `ox < wo`, so `at` is below the window's length.
+                    let x = unsafe { *windows[t].get_unchecked(at) };
                     for v in 0..CV {
-                        acc[t][v] = simd.mul_add(rows[t][px], d[v], acc[t][v]);
+                        acc[t][v] = simd.mul_add(x, d[v], acc[t][v]);
                     }
                 }
             }

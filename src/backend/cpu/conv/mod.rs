@@ -131,6 +131,28 @@ macro_rules! with_tile {
 }
 use with_tile;
 
+/// Evaluates `$body` with `$k` bound to `$name`, as a constant where it is one of the
+/// network's filter sizes (3 or 5): the kernels `$body` inlines then unroll their loops over
+/// a filter's taps, whose short trip counts would otherwise cost a loop's overhead every 3 or
+/// 5 multiply-add steps. (A macro, not a function taking a closure: a closure would not
+/// inline into the SIMD entry point, and its intrinsics would compile as calls.)
+macro_rules! with_filter_size {
+    ($k:expr, |$name:ident| $body:expr) => {
+        match $k {
+            3 => {
+                let $name = 3;
+                $body
+            }
+            5 => {
+                let $name = 5;
+                $body
+            }
+            $name => $body,
+        }
+    };
+}
+use with_filter_size;
+
 /// Output pixels a filter-gradient task aims for: enough to amortize its setup, few enough
 /// that the tasks of a batch keep both cores busy.
 const TASK_PIXELS: usize = 512;

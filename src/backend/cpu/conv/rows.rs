@@ -16,8 +16,8 @@
 use std::array;
 
 use super::{
-    pad_planes, vector, with_scratch, with_tile, Convolutions, FilterGrad, Kernel, Output, Planes, Simd, ACCUMULATORS,
-    LANES,
+    pad_planes, vector, with_filter_size, with_scratch, with_tile, Convolutions, FilterGrad, Kernel, Output, Planes,
+    Simd, ACCUMULATORS, LANES,
 };
 use crate::backend::ConvShape;
 
@@ -94,16 +94,24 @@ struct RowForward<'a> {
 
 impl Kernel for RowForward<'_> {
     #[inline(always)]
-    fn run<S: Simd>(mut self, simd: S) {
-        let (ho, wo) = self.planes.out(self.kernel);
+    fn run<S: Simd>(self, simd: S) {
+        with_filter_size!(self.kernel, |k| self.tiles(simd, k))
+    }
+}
+
+impl RowForward<'_> {
+    /// Every tile of the image, for `k == self.kernel`.
+    #[inline(always)]
+    fn tiles<S: Simd>(mut self, simd: S, k: usize) {
+        let (ho, wo) = self.planes.out(k);
         // Rows are whole vectors, so a plane's vectors can be counted through, row after row.
         let vectors = ho * wo / LANES;
-        let taps = self.planes.channels * self.kernel * self.kernel;
+        let taps = self.planes.channels * k * k;
         for (first, n) in channel_groups(self.bias.len()) {
             let weights = &self.weights[first * taps..][..n * taps];
             for v in (0..vectors).step_by(TILE_VECTORS) {
                 let pv = TILE_VECTORS.min(vectors - v);
-                with_tile!(pv, n, forward_tile(simd, &mut self, weights, first, v));
+                with_tile!(pv, n, forward_tile(simd, &mut self, k, weights, first, v));
             }
         }
     }
@@ -114,11 +122,12 @@ impl Kernel for RowForward<'_> {
 fn forward_tile<S: Simd, const CO: usize, const PV: usize>(
     simd: S,
     f: &mut RowForward,
+    k: usize,
     weights: &[f32],
     first: usize,
     v: usize,
 ) {
-    let (k, planes) = (f.kernel, f.planes);
+    let planes = f.planes;
     let (ho, wo) = planes.out(k);
     // Where each pixel vector's window starts in an input plane, and in an output plane.
     let at: [(usize, usize); PV] = array::from_fn(|p| {
