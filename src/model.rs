@@ -243,10 +243,7 @@ impl Block {
         let n = self.len(batch);
         let BlockActs { hidden, out, aux } = acts;
         match (self.kind, aux) {
-            (BlockKind::Original, _) => {
-                b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, hidden, true);
-                b.conv2d_add_relu_forward(&self.conv2.shape(batch), hidden, params, self.conv2.slot, x, out);
-            }
+            (BlockKind::Original, _) => self.branch_join_forward(b, batch, params, x, x, hidden, out),
             (BlockKind::Plain, _) => self.branch_forward(b, batch, params, x, hidden, out, true),
             (BlockKind::ReluBeforeAdd, Some(branch)) => {
                 self.branch_forward(b, batch, params, x, hidden, branch, true);
@@ -265,8 +262,7 @@ impl Block {
             (BlockKind::ConvShortcut, Some(skip)) => {
                 let shortcut = self.shortcut.expect("conv-shortcut blocks have a shortcut");
                 b.conv2d_forward(&shortcut.shape(batch), x, params, shortcut.slot, skip, false);
-                b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, hidden, true);
-                b.conv2d_add_relu_forward(&self.conv2.shape(batch), hidden, params, self.conv2.slot, skip, out);
+                self.branch_join_forward(b, batch, params, x, skip, hidden, out);
             }
             (kind, None) => unreachable!("{kind} blocks get an aux buffer"),
         }
@@ -345,6 +341,22 @@ impl Block {
     ) {
         b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, hidden, true);
         b.conv2d_forward(&self.conv2.shape(batch), hidden, params, self.conv2.slot, y, relu);
+    }
+
+    /// `y = relu(conv2(relu(conv1(x))) + skip)`: the branch and the residual join after it.
+    #[allow(clippy::too_many_arguments)]
+    fn branch_join_forward<B: Backend>(
+        &self,
+        b: &B,
+        batch: usize,
+        params: &B::Buf,
+        x: &B::Buf,
+        skip: &B::Buf,
+        hidden: &mut B::Buf,
+        y: &mut B::Buf,
+    ) {
+        b.conv2d_forward(&self.conv1.shape(batch), x, params, self.conv1.slot, hidden, true);
+        b.conv2d_add_relu_forward(&self.conv2.shape(batch), hidden, params, self.conv2.slot, skip, y);
     }
 
     /// Takes `d`, the gradient at the branch's output, to the gradient at its input `x`, which
@@ -609,14 +621,15 @@ pub struct Workspace<B: Backend> {
 /// `--batch-size` costs in memory, to check before allocating.
 pub fn workspace_elements(net: &Net, capacity: usize) -> usize {
     let n = capacity;
-    let (c1, p1) = (net.conv1.shape(n).out_len(), net.conv1.shape(n).pool().out_len());
-    let (c2, p2) = (net.conv2.shape(n).out_len(), net.conv2.shape(n).pool().out_len());
+    let (conv1, conv2) = (net.conv1.shape(n), net.conv2.shape(n));
+    let (c1, p1) = (conv1.out_len(), conv1.pool().out_len());
+    let (c2, p2) = (conv2.out_len(), conv2.pool().out_len());
     let stage = |stage: &Stage| {
         let len = stage.len(n);
         let aux = |kind: BlockKind| if kind.has_aux() { len } else { 0 };
         stage.blocks.iter().map(|block| 2 * len + aux(block.kind)).sum::<usize>() + len + aux(stage.blocks[0].kind)
     };
-    let input = net.conv1.shape(n).in_len();
+    let input = conv1.in_len();
     input + n + 2 * c1 + 3 * p1 + stage(&net.stage1) + 2 * c2 + 3 * p2 + stage(&net.stage2) + 2 * n * CLASSES
 }
 

@@ -105,12 +105,22 @@ pub struct PoolShape {
 }
 
 impl PoolShape {
+    /// Elements of one input plane, and of one output plane (a last odd row or column is
+    /// left out).
+    pub fn in_plane(&self) -> usize {
+        self.height * self.width
+    }
+
+    pub fn out_plane(&self) -> usize {
+        (self.height / 2) * (self.width / 2)
+    }
+
     pub fn in_len(&self) -> usize {
-        self.batch * self.channels * self.height * self.width
+        self.batch * self.channels * self.in_plane()
     }
 
     pub fn out_len(&self) -> usize {
-        self.batch * self.channels * (self.height / 2) * (self.width / 2)
+        self.batch * self.channels * self.out_plane()
     }
 }
 

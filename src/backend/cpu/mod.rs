@@ -298,7 +298,7 @@ impl Backend for CpuBackend {
     }
 
     fn maxpool_forward(&self, s: &PoolShape, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u32>) {
-        let (plane_in, plane_out) = (s.height * s.width, (s.height / 2) * (s.width / 2));
+        let (plane_in, plane_out) = (s.in_plane(), s.out_plane());
         let (ys, idx) = (&mut y[..s.out_len()], &mut argmax[..s.out_len()]);
         self.pool.install(|| {
             ys.par_chunks_mut(plane_out)
@@ -310,7 +310,7 @@ impl Backend for CpuBackend {
     }
 
     fn maxpool_backward(&self, s: &PoolShape, dy: &Vec<f32>, argmax: &Vec<u32>, dx: &mut Vec<f32>) {
-        let (plane_in, plane_out) = (s.height * s.width, (s.height / 2) * (s.width / 2));
+        let (plane_in, plane_out) = (s.in_plane(), s.out_plane());
         self.pool.install(|| {
             dx[..s.in_len()]
                 .par_chunks_mut(plane_in)

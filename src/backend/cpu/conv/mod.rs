@@ -255,7 +255,7 @@ impl Convolutions {
             }
             Output::Pooled { pooled, argmax } => {
                 let pool = s.pool();
-                let (plane, pooled_plane) = (pool.height * pool.width, pool.out_len() / pool.batch / pool.channels);
+                let (plane, pooled_plane) = (pool.in_plane(), pool.out_plane());
                 let pooled_len = pool.channels * pooled_plane;
                 let (pooled, argmax) = (&mut pooled[..pool.out_len()], &mut argmax[..pool.out_len()]);
                 let outs = pooled.par_chunks_mut(pooled_len).zip(argmax.par_chunks_mut(pooled_len));
