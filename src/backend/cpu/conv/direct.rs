@@ -359,8 +359,11 @@ fn filter_tile<S: Simd, const T: usize, const CV: usize>(simd: S, g: &mut Filter
         let dy = dy_layout.block(dy, block);
         // What each tap reads of the image, from its first output pixel to its last: sliced
         // once an image, not once a row, which on small planes cost as much as the row's
-        // multiply-adds.
-        let windows: [&[f32]; T] = array::from_fn(|t| &x[offsets[t]..][..(ho - 1) * planes.width + wo]);
+        // multiply-adds. (In a loop, not `array::from_fn`, which did not inline here.)
+        let mut windows = [&x[..0]; T];
+        for (window, &offset) in windows.iter_mut().zip(&offsets) {
+            *window = &x[offset..][..(ho - 1) * planes.width + wo];
+        }
         for (oy, dy) in dy.chunks_exact(wo * CV * LANES).enumerate() {
             for (ox, d) in dy.chunks_exact(CV * LANES).enumerate() {
                 let (d, at) = (load::<S, CV>(simd, d), oy * planes.width + ox);
