@@ -15,13 +15,15 @@ channels_last (oneDNN's blocked kernels), and either under torch.compile (induct
 time falls in the untimed warm-up). Ours is compared with each, and with the fastest mode of
 each phase, which is what a PyTorch user who cares about speed would run.
 
-Each round runs every PyTorch mode and then ours, --repeats rounds, so that all meet the
-same phases of a shared machine; reported rates are medians over the rounds, and a ratio is
-the median of each round's ratio. FLOP counts include only convolution and linear
-multiply-adds (2 FLOPs per MAC, as the direct convolution does them); a training step
-counts 3x the forward pass minus conv1's input gradient, which is never computed. Once per
-run the script also times the machine's sgemm (numpy's `a @ b`, 2048^3, best of 5, on
---threads threads) and gives every GFLOP/s as a fraction of it.
+Each round runs ours, then each PyTorch mode followed by ours again, --repeats rounds: a
+mode's ratio divides the mean of the two runs of ours around it, seconds away, so that a
+shared machine whose speed drifts within minutes moves both alike; reported rates are
+medians over the rounds, and a ratio is the median of each round's ratio. FLOP counts
+include only convolution and linear multiply-adds (2 FLOPs per MAC, as the direct
+convolution does them); a training step counts 3x the forward pass minus conv1's input
+gradient, which is never computed. Once per run the script also times the machine's sgemm
+(numpy's `a @ b`, 2048^3, best of 5, on --threads threads) and gives every GFLOP/s as a
+fraction of it.
 """
 
 import argparse
@@ -42,6 +44,7 @@ from reference_model import (LR, MOMENTUM, REPO_ROOT, TORCH_MODES, Net, VariantN
                              load_mnist, memory_format, normalize)
 
 BATCH = 64
+PHASE_KEYS = ("train_images_per_s", "eval_images_per_s")
 
 
 def parse_args():
@@ -206,14 +209,23 @@ def run_ours(args):
 
 
 def bench(args):
-    """Rounds of every PyTorch mode and ours taken in turn, so that all meet the same phases
-    of a shared, noisy machine. Each round is {side: {phase key: images/s}}."""
+    """Rounds that take every PyTorch mode in turn, each between two runs of ours, so that
+    every ratio compares runs a few seconds apart: the shared machine's speed drifts by up to
+    2x within minutes, too fast for rounds of one run a side. Each round is {side: {phase key:
+    images/s}}: ours is its runs' median, and "ours beside <mode>" the mean of the two runs
+    around that mode, which is what the mode's ratio divides."""
     torch_sides = {m: TorchBench(args, m) for m in args.torch_modes} if args.only != "ours" else {}
+    with_ours = args.only != "torch"
     rounds = []
     for _ in range(args.repeats):
-        r = {mode: side.run() for mode, side in torch_sides.items()}
-        if args.only != "torch":
-            r["ours"] = run_ours(args)
+        r, ours = {}, [run_ours(args)] if with_ours else []
+        for mode, side in torch_sides.items():
+            r[mode] = side.run()
+            if with_ours:
+                ours.append(run_ours(args))
+                r[f"ours beside {mode}"] = {key: (ours[-2][key] + ours[-1][key]) / 2 for key in PHASE_KEYS}
+        if with_ours:
+            r["ours"] = {key: statistics.median(o[key] for o in ours) for key in PHASE_KEYS}
         rounds.append(r)
     return rounds
 
@@ -236,9 +248,11 @@ def median_of(values):
     return statistics.median(values) if values else None
 
 
-def ratio_of(rounds, key, side, other):
-    """The median over the rounds of ours / `other` for `key`, and each round's ratio."""
-    per_round = [r[side][key] / r[other][key] for r in rounds if side in r and other in r]
+def ratio_of(rounds, key, mode):
+    """The median over the rounds of ours / `mode` for `key` (ours from the runs around the
+    mode's), and each round's ratio."""
+    beside = f"ours beside {mode}"
+    per_round = [r[beside][key] / r[mode][key] for r in rounds if beside in r]
     return median_of(per_round), per_round
 
 
@@ -246,7 +260,7 @@ def print_report(args, rounds, sgemm):
     fwd_flops, train_flops = flops_per_image(args)
     print(f"machine: {machine_description(args)}; sgemm (numpy 2048^3) {sgemm:.1f} GFLOP/s")
     print(f"{args.block} blocks, depth {args.depth}; device {args.device}, batch {BATCH}, {args.steps} train steps, "
-          f"eval batch {args.eval_batch}, median of {args.repeats} rounds, the sides in turn")
+          f"eval batch {args.eval_batch}, median of {args.repeats} rounds, each mode between two runs of ours")
     print(f"FLOPs/image: forward {fwd_flops / 1e6:.3f} M, training step {train_flops / 1e6:.3f} M")
     sides = [s for s in (*args.torch_modes, "ours") if s in rounds[0]]
     for phase, flops in (("train", train_flops), ("eval", fwd_flops)):
@@ -257,13 +271,13 @@ def print_report(args, rounds, sgemm):
         print(f"\n{phase:38} {'images/s':>12} {'GFLOP/s':>8} {'of sgemm':>9} {'ours/it':>8}  per round")
         for s in sides:
             gflops = rates[s] * flops / 1e9
-            ratio, per_round = ratio_of(rounds, key, "ours", s) if s != "ours" else (None, [])
+            ratio, per_round = ratio_of(rounds, key, s) if s != "ours" else (None, [])
             name = f"torch {s}" + (" (fastest)" if s == fastest else "") if s != "ours" else "ours"
             shown = f"{ratio:7.2f}x" if ratio is not None else " " * 8
             print(f"  {name:38} {rates[s]:10.1f} {gflops:8.1f} {100 * gflops / sgemm:8.0f}% {shown}  "
                   + " ".join(f"{x:.2f}" for x in per_round))
         if fastest and "ours" in sides:
-            print(f"  ours / PyTorch's fastest {phase} mode ({fastest}): {ratio_of(rounds, key, 'ours', fastest)[0]:.2f}x")
+            print(f"  ours / PyTorch's fastest {phase} mode ({fastest}): {ratio_of(rounds, key, fastest)[0]:.2f}x")
 
 
 def main():
