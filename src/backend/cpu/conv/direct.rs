@@ -7,7 +7,7 @@ use std::ops::Range;
 use super::simd::{load, spill};
 use super::{
     blocks, pad_planes, padded, tile_len, with_filter_size, with_scratch, with_tile, Block, Blocked, Convolutions,
-    FilterGrad, Kernel, Output, Planes, Simd, LANES, MAX_VECTORS,
+    FilterGrad, Kernel, Output, Planes, Simd, Vector, ACCUMULATORS, LANES, MAX_VECTORS,
 };
 use crate::backend::ConvShape;
 
@@ -312,16 +312,38 @@ fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
             }
         }
     }
-    let tile = spill(simd, &acc);
-    for (i, co) in (channel..c.out_channels.min(channel + CV * LANES)).enumerate() {
-        let out = &mut image.out[co * ho * wo + first..][..PX];
-        let values = tile.iter().map(|px| px[i / LANES][i % LANES]);
-        let values = values.map(|v| if c.relu { v.max(0.0) } else { v });
-        if c.accumulate {
-            out.iter_mut().zip(values).for_each(|(o, v)| *o += v);
-        } else {
-            out.iter_mut().zip(values).for_each(|(o, v)| *o = v);
+    // Turned in registers, 8 pixels × 8 channels at a time, so that each channel's pixels
+    // store as a run: read out of the tile one by one, they cost a load and a store each.
+    // (Every loop here runs a constant number of times, so that `acc` is only indexed by
+    // constants; see `spill`.)
+    let mut groups = [[[simd.zero(); LANES]; ACCUMULATORS.div_ceil(LANES)]; CV];
+    for (px, acc) in acc.iter().enumerate() {
+        for (groups, &value) in groups.iter_mut().zip(acc) {
+            groups[px / LANES][px % LANES] = if c.relu { simd.relu(value) } else { value };
         }
+    }
+    for (v, groups) in groups.into_iter().enumerate() {
+        for (g, pixels) in groups.into_iter().enumerate().take(PX.div_ceil(LANES)) {
+            let channels = (channel + v * LANES..c.out_channels).zip(simd.transpose(pixels));
+            for (co, values) in channels.take(LANES) {
+                let out = &mut image.out[co * ho * wo + first + g * LANES..];
+                store_run::<PX>(out, &values, g * LANES, c.accumulate);
+            }
+        }
+    }
+}
+
+/// Pixels `group..` of a tile of `PX` (8 at most from there) from `values` into `out`'s
+/// first ones, added to them when `accumulate`: a run of constant length, so that it
+/// compiles to a few moves.
+#[inline(always)]
+fn store_run<const PX: usize>(out: &mut [f32], values: &Vector, group: usize, accumulate: bool) {
+    let n = (PX - group).min(LANES);
+    let (out, values) = (&mut out[..n], &values[..n]);
+    if accumulate {
+        out.iter_mut().zip(values).for_each(|(o, v)| *o += v);
+    } else {
+        out.copy_from_slice(values);
     }
 }
 

@@ -17,7 +17,7 @@ use std::array;
 
 use super::{
     pad_planes, vector, with_filter_size, with_scratch, with_tile, Convolutions, FilterGrad, Kernel, Output, Planes,
-    Simd, ACCUMULATORS, LANES,
+    Simd, Vector, ACCUMULATORS, LANES,
 };
 use crate::backend::ConvShape;
 
@@ -153,11 +153,8 @@ fn forward_tile<S: Simd, const CO: usize, const PV: usize>(
     }
     for (i, acc) in acc.iter().enumerate() {
         for (&(_, at), &acc) in at.iter().zip(acc) {
-            let values = simd.store(acc);
-            let out = &mut f.out[(first + i) * ho * wo + at..][..LANES];
-            for (o, v) in out.iter_mut().zip(values) {
-                *o = if f.relu { v.max(0.0) } else { v };
-            }
+            let out: &mut Vector = (&mut f.out[(first + i) * ho * wo + at..][..LANES]).try_into().expect("a vector");
+            *out = simd.store(if f.relu { simd.relu(acc) } else { acc });
         }
     }
 }

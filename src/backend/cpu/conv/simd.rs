@@ -17,7 +17,11 @@ pub trait Simd: Copy {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// `acc + a·b`.
     fn fma(self, a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
+    /// `max(v, 0)`, 0 for NaN, as `f32::max` gives.
+    fn relu(self, v: Self::V) -> Self::V;
     fn store(self, v: Self::V) -> Vector;
+    /// Eight vectors turned: row `c` holds lane `c` of each, in order.
+    fn transpose(self, v: [Self::V; LANES]) -> [Vector; LANES];
 
     /// `acc + x·w`.
     #[inline(always)]
@@ -59,15 +63,26 @@ impl Simd for Portable {
     }
 
     #[inline(always)]
+    fn relu(self, v: Vector) -> Vector {
+        v.map(|v| v.max(0.0))
+    }
+
+    #[inline(always)]
     fn store(self, v: Vector) -> Vector {
         v
+    }
+
+    #[inline(always)]
+    fn transpose(self, v: [Vector; LANES]) -> [Vector; LANES] {
+        array::from_fn(|c| array::from_fn(|p| v[p][c]))
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_max_ps, _mm256_permute2f128_ps, _mm256_set1_ps,
+        _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
     };
 
     use super::{Kernel, Simd, Vector};
@@ -123,11 +138,68 @@ mod avx2 {
             unsafe { _mm256_fmadd_ps(a, b, acc) }
         }
 
+        /// `maxps` returns its second operand, 0, where `v` is NaN.
+        #[inline(always)]
+        fn relu(self, v: __m256) -> __m256 {
+            unsafe { _mm256_max_ps(v, _mm256_setzero_ps()) }
+        }
+
         #[inline(always)]
         fn store(self, v: __m256) -> Vector {
             let mut out = [0.0; 8];
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
             out
+        }
+
+        #[inline(always)]
+        fn transpose(self, v: [__m256; 8]) -> [Vector; 8] {
+            // SAFETY: an `Avx2` exists only on a CPU with AVX.
+            unsafe { transpose8(v) }.map(|v| self.store(v))
+        }
+    }
+
+    /// The 8×8 transpose: lane `j` of vector `i` becomes lane `i` of vector `j`. Pairs within
+    /// 128-bit halves, then quadruples, then the halves swapped across.
+    ///
+    /// # Safety
+    /// The CPU must have AVX.
+    #[inline(always)]
+    pub(super) unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+        unsafe {
+            let t = [
+                _mm256_unpacklo_ps(v[0], v[1]),
+                _mm256_unpackhi_ps(v[0], v[1]),
+                _mm256_unpacklo_ps(v[2], v[3]),
+                _mm256_unpackhi_ps(v[2], v[3]),
+            ];
+            let u = [
+                _mm256_unpacklo_ps(v[4], v[5]),
+                _mm256_unpackhi_ps(v[4], v[5]),
+                _mm256_unpacklo_ps(v[6], v[7]),
+                _mm256_unpackhi_ps(v[6], v[7]),
+            ];
+            let q = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            ];
+            let r = [
+                _mm256_shuffle_ps::<0x44>(u[0], u[2]),
+                _mm256_shuffle_ps::<0xEE>(u[0], u[2]),
+                _mm256_shuffle_ps::<0x44>(u[1], u[3]),
+                _mm256_shuffle_ps::<0xEE>(u[1], u[3]),
+            ];
+            [
+                _mm256_permute2f128_ps::<0x20>(q[0], r[0]),
+                _mm256_permute2f128_ps::<0x20>(q[1], r[1]),
+                _mm256_permute2f128_ps::<0x20>(q[2], r[2]),
+                _mm256_permute2f128_ps::<0x20>(q[3], r[3]),
+                _mm256_permute2f128_ps::<0x31>(q[0], r[0]),
+                _mm256_permute2f128_ps::<0x31>(q[1], r[1]),
+                _mm256_permute2f128_ps::<0x31>(q[2], r[2]),
+                _mm256_permute2f128_ps::<0x31>(q[3], r[3]),
+            ]
         }
     }
 }
@@ -137,11 +209,12 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
     use std::arch::x86_64::{
-        __m256, __m512, _mm256_castpd_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
-        _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm512_add_ps, _mm512_castps512_ps256, _mm512_castps_pd,
+        __m256, __m512, _mm256_castpd_ps, _mm256_storeu_ps, _mm512_add_ps, _mm512_castps512_ps256, _mm512_castps_pd,
         _mm512_extractf64x4_pd, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps,
         _mm512_storeu_ps,
     };
+
+    use super::avx2::transpose8;
 
     /// Floats per register.
     pub const LANES: usize = 16;
@@ -226,7 +299,9 @@ pub mod avx512 {
                 high[p] = self.half(v[p], true);
             }
             let mut out = [[0.0; 8]; LANES];
-            for (half, rows) in [transpose8(low), transpose8(high)].iter().zip(out.chunks_exact_mut(8)) {
+            // SAFETY: a CPU with AVX-512F has AVX.
+            let halves = unsafe { [transpose8(low), transpose8(high)] };
+            for (half, rows) in halves.iter().zip(out.chunks_exact_mut(8)) {
                 for (&v, row) in half.iter().zip(rows) {
                     unsafe { _mm256_storeu_ps(row.as_mut_ptr(), v) };
                 }
@@ -244,49 +319,6 @@ pub mod avx512 {
                     _mm512_castps512_ps256(v)
                 }
             }
-        }
-    }
-
-    /// The 8×8 transpose: lane `j` of vector `i` becomes lane `i` of vector `j`. Pairs within
-    /// 128-bit halves, then quadruples, then the halves swapped across.
-    #[inline(always)]
-    fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
-        // SAFETY: only called from `Avx512`'s methods, on a CPU with AVX-512F (and so AVX).
-        unsafe {
-            let t = [
-                _mm256_unpacklo_ps(v[0], v[1]),
-                _mm256_unpackhi_ps(v[0], v[1]),
-                _mm256_unpacklo_ps(v[2], v[3]),
-                _mm256_unpackhi_ps(v[2], v[3]),
-            ];
-            let u = [
-                _mm256_unpacklo_ps(v[4], v[5]),
-                _mm256_unpackhi_ps(v[4], v[5]),
-                _mm256_unpacklo_ps(v[6], v[7]),
-                _mm256_unpackhi_ps(v[6], v[7]),
-            ];
-            let q = [
-                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-            ];
-            let r = [
-                _mm256_shuffle_ps::<0x44>(u[0], u[2]),
-                _mm256_shuffle_ps::<0xEE>(u[0], u[2]),
-                _mm256_shuffle_ps::<0x44>(u[1], u[3]),
-                _mm256_shuffle_ps::<0xEE>(u[1], u[3]),
-            ];
-            [
-                _mm256_permute2f128_ps::<0x20>(q[0], r[0]),
-                _mm256_permute2f128_ps::<0x20>(q[1], r[1]),
-                _mm256_permute2f128_ps::<0x20>(q[2], r[2]),
-                _mm256_permute2f128_ps::<0x20>(q[3], r[3]),
-                _mm256_permute2f128_ps::<0x31>(q[0], r[0]),
-                _mm256_permute2f128_ps::<0x31>(q[1], r[1]),
-                _mm256_permute2f128_ps::<0x31>(q[2], r[2]),
-                _mm256_permute2f128_ps::<0x31>(q[3], r[3]),
-            ]
         }
     }
 }
