@@ -549,10 +549,19 @@ impl Net {
         b.conv2d_backward_data(&conv2, &ws.d_c2, params, self.conv2.slot, &mut ws.d_stage1, false);
         self.stage1.backward(b, batch, params, grads, &ws.p1, &mut ws.stage1, &mut ws.d_stage1);
 
-        let pool1 = self.conv1.shape(batch).pool();
-        b.relu_backward(pool1.out_len(), &ws.p1, &mut ws.d_stage1);
-        b.maxpool_backward(&pool1, &ws.d_stage1, &ws.argmax1, &mut ws.d_c1);
-        b.conv2d_backward_params(&self.conv1.shape(batch), &ws.x, &ws.d_c1, grads, self.conv1.slot);
+        // conv1 needs no input gradient, so its full-size output gradient serves only its
+        // filter gradient, which a backend may compute straight from the pooled one.
+        let conv1 = self.conv1.shape(batch);
+        b.relu_backward(conv1.pool().out_len(), &ws.p1, &mut ws.d_stage1);
+        b.conv2d_maxpool_backward_params(
+            &conv1,
+            &ws.x,
+            &ws.d_stage1,
+            &ws.argmax1,
+            &mut ws.d_c1,
+            grads,
+            self.conv1.slot,
+        );
     }
 }
 

@@ -230,11 +230,11 @@ fn conv2d_backward_data_accumulates() {
     }
 }
 
-/// The fused forward ops equal the ops they fuse, bit for bit: a convolution closing a
-/// residual join, and a convolution with its ReLU and max-pool (output sides that are odd
-/// included, whose last row or column no window covers).
+/// The fused ops equal the ops they fuse, bit for bit: a convolution closing a residual join,
+/// a convolution with its ReLU and max-pool (output sides that are odd included, whose last
+/// row or column no window covers), and the filter gradient from the pooled gradient.
 #[test]
-fn fused_conv_forwards_equal_the_ops_they_fuse() {
+fn fused_conv_ops_equal_the_ops_they_fuse() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for b in every_kernel_set() {
         for s in conv_shapes() {
@@ -255,7 +255,16 @@ fn fused_conv_forwards_equal_the_ops_they_fuse() {
             b.maxpool_forward(&pool, &y, &mut pooled, &mut argmax);
             let (mut fused, mut fused_argmax) = (b.zeros(pool.out_len()), b.zeros_idx(pool.out_len()));
             b.conv2d_relu_maxpool_forward(&s, &x, &params, slot, &mut y, &mut fused, &mut fused_argmax);
-            assert_eq!((fused, fused_argmax), (pooled, argmax), "{} {s:?}: convolution + max-pool", b.name());
+            assert_eq!((&fused, &fused_argmax), (&pooled, &argmax), "{} {s:?}: convolution + max-pool", b.name());
+
+            let d_pooled = random(&mut rng, pool.out_len());
+            let mut dy = b.zeros(s.out_len());
+            b.maxpool_backward(&pool, &d_pooled, &argmax, &mut dy);
+            let mut composed = b.zeros(slot.len());
+            b.conv2d_backward_params(&s, &x, &dy, &mut composed, slot);
+            let mut fused = b.zeros(slot.len());
+            b.conv2d_maxpool_backward_params(&s, &x, &d_pooled, &argmax, &mut dy, &mut fused, slot);
+            assert_eq!(fused, composed, "{} {s:?}: max-pool backward + filter gradient", b.name());
         }
     }
 }

@@ -335,6 +335,24 @@ pub trait Backend {
         grads: &mut Self::Buf,
         slot: ParamSlot,
     );
+    /// [`Backend::conv2d_backward_params`] of a convolution whose output was max-pooled, from
+    /// the gradient of the pooled output: the pool's backward ([`Backend::maxpool_backward`]
+    /// over `argmax`) then the filter gradient. `dy` is the full-size gradient on the way,
+    /// which nothing reads afterwards: a backend that fuses the two may leave it unwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_backward_params(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        d_pooled: &Self::Buf,
+        argmax: &Self::Idx,
+        dy: &mut Self::Buf,
+        grads: &mut Self::Buf,
+        slot: ParamSlot,
+    ) {
+        self.maxpool_backward(&s.pool(), d_pooled, argmax, dy);
+        self.conv2d_backward_params(s, x, dy, grads, slot);
+    }
 
     /// `dy *= (y > 0)` over the first `len` elements, the backward of a ReLU whose output was
     /// `y`. Also the backward of a residual join `relu(a + b)`: the masked gradient flows

@@ -275,7 +275,24 @@ impl Backend for CpuBackend {
         grads: &mut Vec<f32>,
         slot: ParamSlot,
     ) {
-        self.pool.install(|| self.conv.backward_params(s, x, dy, &mut grads[slot.offset..slot.offset + slot.len()]));
+        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
+        self.pool.install(|| self.conv.backward_params(s, x, conv::OutputGrad::Full(dy), grads));
+    }
+
+    /// Each filter-gradient task expands its images' pooled gradient in its own scratch, so
+    /// that the full-size gradient (conv1's: 2.4 MB a batch) never goes through memory.
+    fn conv2d_maxpool_backward_params(
+        &self,
+        s: &ConvShape,
+        x: &Vec<f32>,
+        d_pooled: &Vec<f32>,
+        argmax: &Vec<u32>,
+        _dy: &mut Vec<f32>,
+        grads: &mut Vec<f32>,
+        slot: ParamSlot,
+    ) {
+        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
+        self.pool.install(|| self.conv.backward_params(s, x, conv::OutputGrad::Pooled { d_pooled, argmax }, grads));
     }
 
     fn relu_backward(&self, len: usize, y: &Vec<f32>, dy: &mut Vec<f32>) {
@@ -316,12 +333,7 @@ impl Backend for CpuBackend {
                 .par_chunks_mut(plane_in)
                 .zip(dy[..s.out_len()].par_chunks(plane_out).zip(argmax[..s.out_len()].par_chunks(plane_out)))
                 .with_min_len(16)
-                .for_each(|(dx, (dy, idx))| {
-                    dx.fill(0.0);
-                    for (&d, &i) in dy.iter().zip(idx) {
-                        dx[i as usize] = d;
-                    }
-                });
+                .for_each(|(dx, (dy, idx))| unpool(s, dy, idx, dx));
         });
     }
 
@@ -473,6 +485,20 @@ fn maxpool_plane(width: usize, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
             let (max, at) = first_max(upper, lower);
             *y = max;
             *idx = at as u32;
+        }
+    }
+}
+
+/// The backward of [`maxpool_plane`] over whole planes of `s`: each gradient goes to its
+/// window's maximum, which `argmax` names, and every other pixel gets zero.
+fn unpool(s: &PoolShape, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
+    dx.fill(0.0);
+    let (plane_in, plane_out) = (s.in_plane(), s.out_plane().max(1));
+    for ((dx, dy), idx) in
+        dx.chunks_exact_mut(plane_in).zip(dy.chunks_exact(plane_out)).zip(argmax.chunks_exact(plane_out))
+    {
+        for (&d, &i) in dy.iter().zip(idx) {
+            dx[i as usize] = d;
         }
     }
 }

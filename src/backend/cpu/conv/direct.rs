@@ -7,7 +7,7 @@ use std::ops::Range;
 use super::simd::{load, spill};
 use super::{
     blocks, pad_planes, padded, tile_len, with_filter_size, with_scratch, with_tile, Block, Blocked, Convolutions,
-    FilterGrad, Kernel, Output, Planes, Simd, Vector, ACCUMULATORS, LANES, MAX_VECTORS,
+    FilterGrad, Kernel, Output, OutputGrad, Planes, Simd, Vector, ACCUMULATORS, LANES, MAX_VECTORS,
 };
 use crate::backend::ConvShape;
 
@@ -39,7 +39,7 @@ pub fn backward_data(
     convs.per_image(dy, conv.in_len(), dx, conv.out_len(), conv.planes.len(), image_kernel(convs, &conv));
 }
 
-pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32], grads: &mut [f32]) {
+pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: OutputGrad, grads: &mut [f32]) {
     let planes = Planes::input(s);
     let (taps, stride, pixels) = (s.patch(), padded(s.c_out), s.h_out() * s.w_out());
     let partials = convs.filter_grad_tasks(s, x, dy, (taps + 1) * stride, |x, dy, partial| {

@@ -27,12 +27,12 @@
 //! bit-identical whatever the thread count.
 
 use std::cell::RefCell;
-use std::ops::{Deref, DerefMut};
+use std::ops::{Deref, DerefMut, Range};
 use std::sync::{Mutex, MutexGuard};
 
 use rayon::prelude::*;
 
-use super::MaxPoolPlane;
+use super::{unpool, MaxPoolPlane};
 use crate::backend::ConvShape;
 
 mod direct;
@@ -197,8 +197,8 @@ impl Convolutions {
     }
 
     /// The weight and bias gradients, `grads` = `[co][ci][ky][kx]` then `[co]`.
-    pub fn backward_params(&self, s: &ConvShape, x: &[f32], dy: &[f32], grads: &mut [f32]) {
-        let (x, dy) = (&x[..s.in_len()], &dy[..s.out_len()]);
+    pub fn backward_params(&self, s: &ConvShape, x: &[f32], dy: OutputGrad, grads: &mut [f32]) {
+        let x = &x[..s.in_len()];
         if rows::fits(s) {
             rows::backward_params(self, s, x, dy, grads)
         } else {
@@ -273,13 +273,13 @@ impl Convolutions {
     }
 
     /// Runs `f(x, dy, partial)` over the tasks of `s`'s filter gradient ([`Tasks`]), each with
-    /// its images and a partial gradient of `partial_len` floats, and returns the partials
-    /// summed in task order.
+    /// its images (their output gradient in full) and a partial gradient of `partial_len`
+    /// floats, and returns the partials summed in task order.
     fn filter_grad_tasks(
         &self,
         s: &ConvShape,
         x: &[f32],
-        dy: &[f32],
+        dy: OutputGrad,
         partial_len: usize,
         f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
     ) -> MappedGuard<'_> {
@@ -288,8 +288,7 @@ impl Convolutions {
         partials.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
             let images = tasks.images(task, s.batch);
             let x = &x[images.start * s.in_image()..images.end * s.in_image()];
-            let dy = &dy[images.start * s.out_image()..images.end * s.out_image()];
-            f(x, dy, partial);
+            dy.with_images(s, images, |dy| f(x, dy, partial));
         });
         let (sum, rest) = partials.split_at_mut(partial_len);
         for partial in rest.chunks_exact(partial_len) {
@@ -321,6 +320,38 @@ impl Output<'_> {
             Output::Plain { relu, .. } => *relu,
             Output::Residual { .. } => false,
             Output::Pooled { .. } => true,
+        }
+    }
+}
+
+/// The output gradient a filter gradient reads.
+#[derive(Clone, Copy)]
+pub enum OutputGrad<'a> {
+    /// In full, as the convolution's output is laid out.
+    Full(&'a [f32]),
+    /// The gradient of the convolution's output max-pooled over 2×2 windows, with the pool's
+    /// arg-max: each task expands its images' part in the thread's scratch, where it stays in
+    /// the core's caches.
+    Pooled { d_pooled: &'a [f32], argmax: &'a [u32] },
+}
+
+impl OutputGrad<'_> {
+    /// Runs `f` with the full output gradient of `images`.
+    fn with_images(self, s: &ConvShape, images: Range<usize>, f: impl FnOnce(&[f32])) {
+        match self {
+            OutputGrad::Full(dy) => f(&dy[images.start * s.out_image()..images.end * s.out_image()]),
+            OutputGrad::Pooled { d_pooled, argmax } => {
+                let pool = s.pool();
+                let per_image = pool.channels * pool.out_plane();
+                let pooled = images.start * per_image..images.end * per_image;
+                EXPANDED.with(|dy| {
+                    let mut dy = dy.borrow_mut();
+                    grow(&mut dy, images.len() * s.out_image());
+                    let dy = &mut dy[..images.len() * s.out_image()];
+                    unpool(&pool, &d_pooled[pooled.clone()], &argmax[pooled], dy);
+                    f(dy);
+                });
+            }
         }
     }
 }
@@ -362,6 +393,8 @@ fn grow(buf: &mut Vec<f32>, len: usize) {
 
 thread_local! {
     static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+    /// A filter-gradient task's output gradient expanded from a pooled one ([`OutputGrad`]).
+    static EXPANDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with two per-thread scratch buffers of the given lengths; they only grow.
@@ -388,7 +421,7 @@ impl Tasks {
         Tasks { images_per_task, count: s.batch.div_ceil(images_per_task) }
     }
 
-    fn images(&self, task: usize, batch: usize) -> std::ops::Range<usize> {
+    fn images(&self, task: usize, batch: usize) -> Range<usize> {
         let start = task * self.images_per_task;
         start..(start + self.images_per_task).min(batch)
     }

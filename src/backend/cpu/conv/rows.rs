@@ -16,8 +16,8 @@
 use std::array;
 
 use super::{
-    pad_planes, vector, with_filter_size, with_scratch, with_tile, Convolutions, FilterGrad, Kernel, Output, Planes,
-    Simd, Vector, ACCUMULATORS, LANES,
+    pad_planes, vector, with_filter_size, with_scratch, with_tile, Convolutions, FilterGrad, Kernel, Output,
+    OutputGrad, Planes, Simd, Vector, ACCUMULATORS, LANES,
 };
 use crate::backend::ConvShape;
 
@@ -51,7 +51,7 @@ pub fn forward(convs: &Convolutions, s: &ConvShape, x: &[f32], weight: &[f32], b
     });
 }
 
-pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: &[f32], grads: &mut [f32]) {
+pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: OutputGrad, grads: &mut [f32]) {
     let planes = Planes::input(s);
     let partials = convs.filter_grad_tasks(s, x, dy, grads.len(), |x, dy, out| {
         let images = x.len() / s.in_image();
