@@ -74,6 +74,11 @@ impl CpuBackend {
         let (weight, bias) = (&params[slot.weight()], &params[slot.bias()]);
         self.pool.install(|| self.conv.forward(s, x, weight, bias, out));
     }
+
+    fn conv_backward_params(&self, s: &ConvShape, x: &[f32], dy: conv::OutputGrad, grads: &mut [f32], slot: ParamSlot) {
+        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
+        self.pool.install(|| self.conv.backward_params(s, x, dy, grads));
+    }
 }
 
 /// A read-only matrix: element (i, j) is `data[i * rs + j * cs]`.
@@ -275,8 +280,7 @@ impl Backend for CpuBackend {
         grads: &mut Vec<f32>,
         slot: ParamSlot,
     ) {
-        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
-        self.pool.install(|| self.conv.backward_params(s, x, conv::OutputGrad::Full(dy), grads));
+        self.conv_backward_params(s, x, conv::OutputGrad::Full(dy), grads, slot);
     }
 
     /// Each filter-gradient task expands its images' pooled gradient in its own scratch, so
@@ -291,8 +295,7 @@ impl Backend for CpuBackend {
         grads: &mut Vec<f32>,
         slot: ParamSlot,
     ) {
-        let grads = &mut grads[slot.offset..slot.offset + slot.len()];
-        self.pool.install(|| self.conv.backward_params(s, x, conv::OutputGrad::Pooled { d_pooled, argmax }, grads));
+        self.conv_backward_params(s, x, conv::OutputGrad::Pooled { d_pooled, argmax }, grads, slot);
     }
 
     fn relu_backward(&self, len: usize, y: &Vec<f32>, dy: &mut Vec<f32>) {
