@@ -5,7 +5,7 @@ use crate::backend::Backend;
 use crate::data::{Split, CLASSES, IMAGE_PIXELS};
 use crate::model::Model;
 use crate::plot::Confusion;
-use crate::train::{evaluate_with, DeviceSplit, Evaluation};
+use crate::train::{evaluate_into, DeviceSplit, Evaluation};
 
 /// Test loss and accuracy with the confusion matrix (rows: true class, columns: predicted).
 #[derive(Clone, Debug, PartialEq)]
@@ -31,10 +31,8 @@ impl Report {
 /// Logits of every image of `split`, in order, `CLASSES` per image, and its evaluation.
 fn logits<B: Backend>(model: &mut Model<B>, split: &Split) -> (Vec<f32>, Evaluation) {
     let data = DeviceSplit::new(&model.backend, split);
-    let mut all = Vec::with_capacity(data.len * CLASSES);
-    let evaluation = evaluate_with(model, &data, &mut |model, batch| {
-        all.extend_from_slice(&model.backend.download(&model.ws.logits)[..batch * CLASSES]);
-    });
+    let mut all = vec![0.0; data.len * CLASSES];
+    let evaluation = evaluate_into(model, &data, Some(&mut all));
     (all, evaluation)
 }
 

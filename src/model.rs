@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use clap::ValueEnum;
 use rand::{Rng, SeedableRng};
@@ -706,6 +707,9 @@ pub struct Model<B: Backend> {
     pub state: ParamState<B>,
     pub ws: Workspace<B>,
     pub stats: B::StatsBuf,
+    /// The workspace and stats of each lane of [`Model::evaluate`] after the first, which
+    /// uses the model's own; allocated by the first evaluation.
+    lanes: Vec<(Workspace<B>, B::StatsBuf)>,
 }
 
 impl<B: Backend> Model<B> {
@@ -713,7 +717,7 @@ impl<B: Backend> Model<B> {
         let state = ParamState::new(&backend, values);
         let ws = Workspace::new(&backend, &net, capacity);
         let stats = backend.new_stats();
-        Model { backend, net, state, ws, stats }
+        Model { backend, net, state, ws, stats, lanes: Vec::new() }
     }
 
     /// The network `arch` with PyTorch's default initialization from `seed`.
@@ -727,7 +731,7 @@ impl<B: Backend> Model<B> {
     /// run of `total_steps` steps (the length a schedule spans).
     pub fn train_step(&mut self, batch: usize, recipe: &Recipe, total_steps: u64) {
         let (update, smoothing) = (recipe.update(), recipe.label_smoothing);
-        let Model { backend, net, state, ws, stats } = self;
+        let Model { backend, net, state, ws, stats, .. } = self;
         backend.write(&mut state.scalars, &recipe.step_scalars(state.steps, total_steps).to_array());
         if matches!(update, Update::Adam(_)) && state.second_moment.is_none() {
             state.second_moment = Some(backend.zeros(net.layout.total));
@@ -747,10 +751,54 @@ impl<B: Backend> Model<B> {
 
     /// Forward only, accumulating loss and accuracy.
     pub fn eval_batch(&mut self, batch: usize) {
-        let Model { backend, net, state, ws, stats } = self;
+        let Model { backend, net, state, ws, stats, .. } = self;
         // Borrowed uniquely, so that the closure is `Send` without buffers being `Sync`.
         let values = &mut state.values;
         backend.run(&mut move |b| net.forward(b, values, ws, batch, 0.0, stats));
+    }
+
+    /// Loss and accuracy over the first `len` images of `data` in `order`, forward only, in
+    /// chunks on the backend's [`Lanes`](crate::backend::Lanes); with `logits`, each image's
+    /// logits go there, `CLASSES` per image in order. The chunks' stats add up in chunk order,
+    /// so the result does not depend on which lane took which chunk.
+    pub fn evaluate(&mut self, data: &B::Data, order: &B::Idx, len: usize, logits: Option<&mut [f32]>) -> Stats {
+        let lanes = self.backend.lanes(self.ws.capacity);
+        while self.lanes.len() + 1 < lanes.count {
+            self.lanes.push((Workspace::new(&self.backend, &self.net, lanes.chunk), self.backend.new_stats()));
+        }
+        self.take_stats();
+        let outs = logits.into_iter().flat_map(|out| out[..len * CLASSES].chunks_mut(lanes.chunk * CLASSES));
+        let outs = outs.map(Some).chain(std::iter::repeat_with(|| None));
+        let queue = Mutex::new((0..len).step_by(lanes.chunk).zip(outs).enumerate());
+        let done = Mutex::new(Vec::new());
+        let Model { backend, net, state, ws, stats, lanes: spare } = self;
+        let (net, params) = (&*net, &state.values);
+        let mut runs: Vec<_> = std::iter::once((ws, stats))
+            .chain(spare.iter_mut().map(|(ws, stats)| (ws, stats)))
+            .take(lanes.count)
+            .map(|(ws, stats)| {
+                let (queue, done) = (&queue, &done);
+                move |b: &B| loop {
+                    // Its own statement, so that the lock is released before the chunk runs.
+                    let next = queue.lock().expect("a lane panicked").next();
+                    let Some((index, (start, out))) = next else { break };
+                    let batch = lanes.chunk.min(len - start);
+                    b.gather(data, order, start, batch, &mut ws.x, &mut ws.labels, None);
+                    net.forward(b, params, ws, batch, 0.0, stats);
+                    if let Some(out) = out {
+                        out.copy_from_slice(&b.download(&ws.logits)[..batch * CLASSES]);
+                    }
+                    done.lock().expect("a lane panicked").push((index, b.take_stats(stats)));
+                }
+            })
+            .collect();
+        backend.run_lanes(&mut runs.iter_mut().map(|run| run as &mut (dyn FnMut(&B) + Send)).collect::<Vec<_>>());
+        let mut done = done.into_inner().expect("a lane panicked");
+        done.sort_by_key(|&(index, _)| index);
+        done.into_iter().fold(Stats::default(), |sum, (_, chunk)| Stats {
+            loss_sum: sum.loss_sum + chunk.loss_sum,
+            correct: sum.correct + chunk.correct,
+        })
     }
 
     /// The backend, for a next model; this one's buffers are freed, and the steps the backend

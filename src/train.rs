@@ -196,29 +196,19 @@ fn check_loss(loss: f64, epoch: usize, batch: usize, batches: usize) -> Result<f
     }
 }
 
-/// Loss and accuracy of the model's current parameters on `split`, in batches as large as
-/// the workspace holds.
+/// Loss and accuracy of the model's current parameters on `split`.
 pub fn evaluate<B: Backend>(model: &mut Model<B>, split: &DeviceSplit<B>) -> Evaluation {
-    evaluate_with(model, split, &mut |_, _| {})
+    evaluate_into(model, split, None)
 }
 
-/// [`evaluate`], handing each batch's size and the model, its logits in the workspace, to
-/// `on_batch`.
-pub fn evaluate_with<B: Backend>(
+/// [`evaluate`], writing each image's logits into `logits`, `CLASSES` per image in order.
+pub fn evaluate_into<B: Backend>(
     model: &mut Model<B>,
     split: &DeviceSplit<B>,
-    on_batch: &mut dyn FnMut(&Model<B>, usize),
+    logits: Option<&mut [f32]>,
 ) -> Evaluation {
     let started = Instant::now();
-    model.take_stats();
-    let batch_size = model.ws.capacity;
-    for start in (0..split.len).step_by(batch_size) {
-        let batch = batch_size.min(split.len - start);
-        model.backend.gather(&split.data, &split.in_order, start, batch, &mut model.ws.x, &mut model.ws.labels, None);
-        model.eval_batch(batch);
-        on_batch(model, batch);
-    }
-    let stats = model.take_stats();
+    let stats = model.evaluate(&split.data, &split.in_order, split.len, logits);
     Evaluation {
         loss: stats.loss_sum / split.len as f64,
         accuracy: 100.0 * stats.correct as f64 / split.len as f64,

@@ -4,7 +4,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::Backend;
-use resnet_mnist::data::{self, DatasetKind, LoadOptions, Split, IMAGE_PIXELS};
+use resnet_mnist::data::{self, DatasetKind, LoadOptions, Split, CLASSES, IMAGE_PIXELS};
 use resnet_mnist::model::{Model, Net};
 use resnet_mnist::train::{self, epoch_order, DeviceSplit, EpochProgress, Event, Recipe, EVAL_BATCH};
 
@@ -58,6 +58,51 @@ fn same_seed_gives_identical_losses_whatever_the_thread_count() {
     assert_eq!(runs[0].0.len(), 1, "one running-loss line per 300 batches");
     assert_eq!(runs[0], runs[1], "two runs with the same seed and threads");
     assert_eq!(runs[0], runs[2], "one thread against two");
+}
+
+/// Every image's logits from one batch on one thread, and the loss and accuracy they give.
+fn logits_batch_by_batch(split: &Split) -> (Vec<f32>, f64, u64) {
+    let mut model = model(1, 6, split.len());
+    let device = DeviceSplit::new(&model.backend, split);
+    let order = model.backend.upload_idx(&(0..split.len() as u32).collect::<Vec<_>>());
+    model.backend.gather(&device.data, &order, 0, split.len(), &mut model.ws.x, &mut model.ws.labels, None);
+    model.eval_batch(split.len());
+    let stats = model.take_stats();
+    let logits = model.backend.download(&model.ws.logits)[..split.len() * CLASSES].to_vec();
+    (logits, stats.loss_sum / split.len() as f64, stats.correct)
+}
+
+#[test]
+fn evaluation_does_not_depend_on_the_thread_count_and_matches_one_batch() {
+    // An odd length, so that the last chunk of every lane is short.
+    let split = synthetic(301, 8);
+    let (whole, loss, correct) = logits_batch_by_batch(&split);
+    let evaluate = |threads, capacity| {
+        let mut model = model(threads, 6, capacity);
+        let device = DeviceSplit::new(&model.backend, &split);
+        let mut logits = vec![f32::NAN; split.len() * CLASSES];
+        let evaluation = train::evaluate_into(&mut model, &device, Some(&mut logits));
+        let again = train::evaluate(&mut model, &device);
+        assert_eq!((again.loss, again.correct), (evaluation.loss, evaluation.correct), "a second evaluation");
+        (logits, evaluation)
+    };
+    for capacity in [100, 7] {
+        let (logits, evaluation) = evaluate(1, capacity);
+        // Chunks of other sizes sum the linear layer's products in another order.
+        let worst = logits.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "capacity {capacity}: logits differ from one batch's by {worst}");
+        assert_eq!(evaluation.correct, correct, "capacity {capacity}");
+        assert!(
+            (evaluation.loss - loss).abs() < 1e-6 * loss,
+            "capacity {capacity}: loss {} against {loss}",
+            evaluation.loss
+        );
+        for threads in [2, 3] {
+            let (other, other_evaluation) = evaluate(threads, capacity);
+            assert!(other == logits, "capacity {capacity}: {threads} threads give other logits than one");
+            assert_eq!(other_evaluation.loss, evaluation.loss, "capacity {capacity}, {threads} threads");
+        }
+    }
 }
 
 #[test]

@@ -219,6 +219,14 @@ impl StepKey {
     }
 }
 
+/// How a backend best runs forward-only passes ([`Backend::lanes`]): `count` lanes at once,
+/// each taking `chunk` images at a time through the whole network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lanes {
+    pub count: usize,
+    pub chunk: usize,
+}
+
 /// Running sums a backend accumulates on its own side of the bus, read when printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stats {
@@ -236,12 +244,12 @@ pub struct DeviceFailure(pub String);
 
 /// The ops a model is built from. Buffers are owned by the backend; the model only holds them.
 pub trait Backend {
-    /// `f32` storage.
-    type Buf: Send;
+    /// `f32` storage. `Sync`, so that [`Backend::run_lanes`]' lanes can share parameters.
+    type Buf: Send + Sync;
     /// `u32` storage: labels, shuffled orders and max-pool arg-maxes.
-    type Idx: Send;
+    type Idx: Send + Sync;
     /// A data set's images (`u8`, 784 per image) and labels, resident where the ops run.
-    type Data;
+    type Data: Sync;
     /// The accumulator behind [`Stats`].
     type StatsBuf: Send;
 
@@ -439,6 +447,20 @@ pub trait Backend {
     fn run_step(&self, key: StepKey, step: &mut (dyn FnMut(&Self) + Send)) {
         let _ = key;
         self.run(step);
+    }
+
+    /// How [`Backend::run_lanes`] best takes forward-only passes over batches of up to `batch`
+    /// images. By default, one lane takes whole batches.
+    fn lanes(&self, batch: usize) -> Lanes {
+        Lanes { count: 1, chunk: batch }
+    }
+
+    /// Runs each of `lanes`, sequences of ops like [`Backend::run`]'s, at once where the
+    /// backend can ([`Backend::lanes`]' count of them); by default one after the other.
+    fn run_lanes(&self, lanes: &mut [&mut (dyn FnMut(&Self) + Send)]) {
+        for lane in lanes {
+            self.run(*lane);
+        }
     }
 
     /// The first failure of the device since it started, if any. After one, ops do nothing

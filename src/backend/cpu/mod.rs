@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::data::IMAGE_PIXELS;
 
-use super::{AdamUpdate, Backend, ConvShape, LinearShape, ParamSlot, PoolShape, SgdUpdate, Stats, StepScalars};
+use super::{AdamUpdate, Backend, ConvShape, Lanes, LinearShape, ParamSlot, PoolShape, SgdUpdate, Stats, StepScalars};
 use crate::augment::{self, Affine, Augmentation};
 use crate::data::IMAGE_SIDE;
 
@@ -22,6 +22,9 @@ pub const PIXEL_STD: f32 = 0.3081;
 
 /// Elements per task for element-wise ops.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// Images a lane of a forward-only pass takes through the network at a time.
+const LANE_CHUNK: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start a CPU thread pool with {threads} threads: {source}")]
@@ -33,6 +36,9 @@ pub struct ThreadPoolError {
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     conv: conv::Convolutions,
+    /// One-thread backends, one per thread of `pool` when it has more than one: the lanes of
+    /// [`Backend::run_lanes`], each with its own thread, pool and convolution buffers.
+    lanes: Vec<CpuBackend>,
 }
 
 pub struct CpuData {
@@ -46,24 +52,44 @@ pub struct CpuStats(Stats);
 impl CpuBackend {
     /// A backend running on `threads` threads (0 = one per core).
     pub fn new(threads: usize) -> Result<Self, ThreadPoolError> {
-        let pool = rayon::ThreadPoolBuilder::new()
+        let pool = Self::pool(threads, "cpu-backend")?;
+        let isa = conv::Isa::detect();
+        let lanes = match pool.current_num_threads() {
+            1 => Vec::new(),
+            n => (0..n).map(|_| Ok(Self::lane(Self::pool(1, "cpu-lane")?, isa))).collect::<Result<_, _>>()?,
+        };
+        Ok(CpuBackend { lanes, ..Self::lane(pool, isa) })
+    }
+
+    fn pool(threads: usize, name: &'static str) -> Result<rayon::ThreadPool, ThreadPoolError> {
+        rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
-            .thread_name(|i| format!("cpu-backend-{i}"))
+            .thread_name(move |i| format!("{name}-{i}"))
             .build()
-            .map_err(|source| ThreadPoolError { threads, source })?;
-        Ok(CpuBackend { pool, conv: conv::Convolutions::new(conv::Isa::detect()) })
+            .map_err(|source| ThreadPoolError { threads, source })
+    }
+
+    fn lane(pool: rayon::ThreadPool, isa: conv::Isa) -> Self {
+        CpuBackend { pool, conv: conv::Convolutions::new(isa), lanes: Vec::new() }
+    }
+
+    /// This backend with the convolution kernels of `isa`, its lanes too.
+    fn with_isa(self, isa: conv::Isa) -> Self {
+        let lanes = self.lanes.into_iter().map(|lane| lane.with_isa(isa)).collect();
+        CpuBackend { conv: conv::Convolutions::new(isa), lanes, ..self }
     }
 
     /// This backend running the portable convolution kernels, as on a CPU without AVX2 and
     /// FMA: to check one set of kernels against the other.
     pub fn with_portable_kernels(self) -> Self {
-        CpuBackend { conv: conv::Convolutions::new(conv::Isa::portable()), ..self }
+        self.with_isa(conv::Isa::portable())
     }
 
     /// This backend without the AVX-512 kernels, as on a CPU with AVX2 and FMA alone: to
     /// check the two against each other.
     pub fn without_avx512(self) -> Self {
-        CpuBackend { conv: conv::Convolutions::new(self.conv.isa().narrow()), ..self }
+        let isa = self.conv.isa().narrow();
+        self.with_isa(isa)
     }
 
     pub fn threads(&self) -> usize {
@@ -404,6 +430,24 @@ impl Backend for CpuBackend {
 
     fn run(&self, ops: &mut (dyn FnMut(&Self) + Send)) {
         self.pool.install(|| ops(self));
+    }
+
+    /// A lane per thread, each taking `LANE_CHUNK` images through the whole network on its own
+    /// core, so that a chunk's activations stay in that core's caches from layer to layer.
+    fn lanes(&self, batch: usize) -> Lanes {
+        Lanes { count: self.lanes.len().max(1), chunk: batch.min(LANE_CHUNK) }
+    }
+
+    fn run_lanes(&self, lanes: &mut [&mut (dyn FnMut(&Self) + Send)]) {
+        if self.lanes.is_empty() {
+            return lanes.iter_mut().for_each(|lane| self.run(*lane));
+        }
+        assert!(lanes.len() <= self.lanes.len(), "{} lanes for {} threads", lanes.len(), self.lanes.len());
+        std::thread::scope(|scope| {
+            for (backend, lane) in self.lanes.iter().zip(lanes) {
+                scope.spawn(move || backend.run(*lane));
+            }
+        });
     }
 
     fn sgd_step(

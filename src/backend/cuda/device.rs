@@ -74,8 +74,8 @@ pub struct Gemm {
 /// [`Device::download`] waits for it.
 pub trait Device {
     /// An allocation, freed on drop. `Send`, so that buffers can move to the thread that
-    /// runs a model's ops.
-    type Mem: Send;
+    /// runs a model's ops, and `Sync`, like every backend's buffers ([`crate::backend::Backend::Buf`]).
+    type Mem: Send + Sync;
     /// A captured sequence of work that can be replayed.
     type Graph;
 

@@ -29,6 +29,9 @@ pub struct EmuMem {
 // SAFETY: an `EmuMem` owns its allocation alone, like a `Box<[u8]>`; the emulator reaches it
 // only through the device calls made on the thread that holds the buffer.
 unsafe impl Send for EmuMem {}
+// SAFETY: a shared `EmuMem` gives no access to its bytes; only the device calls do, and the
+// emulated device is not `Sync`, so they all come from the one thread that holds it.
+unsafe impl Sync for EmuMem {}
 
 impl Drop for EmuMem {
     fn drop(&mut self) {
