@@ -752,9 +752,7 @@ impl<B: Backend> Model<B> {
     /// Forward only, accumulating loss and accuracy.
     pub fn eval_batch(&mut self, batch: usize) {
         let Model { backend, net, state, ws, stats, .. } = self;
-        // Borrowed uniquely, so that the closure is `Send` without buffers being `Sync`.
-        let values = &mut state.values;
-        backend.run(&mut move |b| net.forward(b, values, ws, batch, 0.0, stats));
+        backend.run(&mut |b| net.forward(b, &state.values, ws, batch, 0.0, stats));
     }
 
     /// Loss and accuracy over the first `len` images of `data` in `order`, forward only, in

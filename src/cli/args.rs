@@ -319,6 +319,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub optim: OptimArgs,
     /// Batch size of the timed test-set pass (at least --batch-size: one workspace serves both).
+    /// The CPU takes it in chunks of at most 32 images, a chunk per thread at a time.
     #[arg(long, default_value_t = EVAL_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub eval_batch: u32,
     #[command(flatten)]
