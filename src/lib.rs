@@ -15,3 +15,11 @@ pub mod plot;
 pub mod recipe;
 pub mod session;
 pub mod train;
+
+/// `n` and `noun`, plural unless `n` is 1: "1 epoch", "20 epochs".
+pub fn counted(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}

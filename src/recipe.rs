@@ -282,7 +282,7 @@ fn one_cycle(max_lr: f64, step: u64, total: u64) -> (f64, f64) {
 
 impl fmt::Display for Recipe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} epochs, batch {}, ", self.epochs, self.batch_size)?;
+        write!(f, "{}, batch {}, ", crate::counted(self.epochs, "epoch"), self.batch_size)?;
         write!(f, "{} lr {}", self.optimizer, self.lr)?;
         match self.optimizer {
             OptimizerKind::Sgd => {

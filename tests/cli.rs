@@ -397,7 +397,7 @@ fn messages_are_plain_said_once_and_adjustments_are_logged() {
     cmd("train", &data).args(["--epochs", "1", "--batch-size", "32", "--quiet", "--out"]).arg(&run).assert().success();
     let err = stderr(cmd("train", &data).args(["--quiet", "--lr", "0.5", "--resume"]).arg(&run));
     assert!(
-        err.contains("the saved recipe (1 epochs, batch 32, sgd lr 0.01 momentum 0.5, constant schedule, seed 0)"),
+        err.contains("the saved recipe (1 epoch, batch 32, sgd lr 0.01 momentum 0.5, constant schedule, seed 0)"),
         "{err}"
     );
     assert!(!err.contains("Recipe {"), "{err}");
@@ -461,7 +461,7 @@ fn a_preset_prints_in_full_and_later_flags_override_it() {
         .assert()
         .success()
         .stdout(contains(
-            "1 epochs, batch 64, adamw lr 0.002 betas (0.9, 0.999) eps 1e-8 weight decay 1e-4, onecycle schedule, \
+            "1 epoch, batch 64, adamw lr 0.002 betas (0.9, 0.999) eps 1e-8 weight decay 1e-4, onecycle schedule, \
              label smoothing 0.1, shift augmentation (±3 px), seed 0",
         ));
     // A one-cycle run cannot be stretched: its schedule was laid over its own length.
@@ -470,7 +470,7 @@ fn a_preset_prints_in_full_and_later_flags_override_it() {
         .arg(&run)
         .assert()
         .failure()
-        .stderr(contains("follows a onecycle schedule over its 1 epochs"));
+        .stderr(contains("follows a onecycle schedule over its 1 epoch"));
 }
 
 #[test]

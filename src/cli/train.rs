@@ -56,11 +56,11 @@ fn extend(session: &mut Session, epochs: usize) -> Result<()> {
     let recipe = &session.state.recipe;
     if epochs != recipe.epochs && recipe.spans_the_run() {
         anyhow::bail!(
-            "--epochs {epochs}: the run in {} follows a {} schedule over its {} epochs, which a longer run would have \
+            "--epochs {epochs}: the run in {} follows a {} schedule over its {}, which a longer run would have \
              followed differently; train a new run with --epochs {epochs} instead",
             session.dir.display(),
             recipe.schedule,
-            recipe.epochs
+            resnet_mnist::counted(recipe.epochs, "epoch")
         );
     }
     if epochs != session.state.recipe.epochs {

@@ -176,7 +176,7 @@ impl Backend for CpuBackend {
     type StatsBuf = CpuStats;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads, {})", self.threads(), self.conv.isa().name())
+        format!("cpu ({}, {})", crate::counted(self.threads(), "thread"), self.conv.isa().name())
     }
 
     fn zeros(&self, len: usize) -> Vec<f32> {
