@@ -61,7 +61,7 @@ fn same_seed_gives_identical_losses_whatever_the_thread_count() {
 }
 
 /// Every image's logits from one batch on one thread, and the loss and accuracy they give.
-fn logits_batch_by_batch(split: &Split) -> (Vec<f32>, f64, u64) {
+fn logits_in_one_batch(split: &Split) -> (Vec<f32>, f64, u64) {
     let mut model = model(1, 6, split.len());
     let device = DeviceSplit::new(&model.backend, split);
     let order = model.backend.upload_idx(&(0..split.len() as u32).collect::<Vec<_>>());
@@ -76,7 +76,7 @@ fn logits_batch_by_batch(split: &Split) -> (Vec<f32>, f64, u64) {
 fn evaluation_does_not_depend_on_the_thread_count_and_matches_one_batch() {
     // An odd length, so that the last chunk of every lane is short.
     let split = synthetic(301, 8);
-    let (whole, loss, correct) = logits_batch_by_batch(&split);
+    let (whole, loss, correct) = logits_in_one_batch(&split);
     let evaluate = |threads, capacity| {
         let mut model = model(threads, 6, capacity);
         let device = DeviceSplit::new(&model.backend, &split);

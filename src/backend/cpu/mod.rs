@@ -439,8 +439,9 @@ impl Backend for CpuBackend {
     }
 
     fn run_lanes(&self, lanes: &mut [&mut (dyn FnMut(&Self) + Send)]) {
-        if self.lanes.is_empty() {
-            return lanes.iter_mut().for_each(|lane| self.run(*lane));
+        // A backend of one thread has one lane, which needs no thread of its own.
+        if let [lane] = lanes {
+            return self.run(*lane);
         }
         assert!(lanes.len() <= self.lanes.len(), "{} lanes for {} threads", lanes.len(), self.lanes.len());
         std::thread::scope(|scope| {
