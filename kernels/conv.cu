@@ -7,93 +7,175 @@
 //   backward data    dx[ci][pix] = sum_k W'[ci][k] * im2col'(dy)[k][pix]    M=c_in,  K=c_out*kk
 //   backward filter  dW[co][k]   = sum_p dy[co][p] * im2col(x)[k][p]        M=c_out, N=c_in*kk
 // where `pix`/`p` run over batch x output plane and kk = kernel^2.
+//
+// Each product can split its reduction: blockIdx.z takes `split_len` of the K terms and
+// writes its partial product to slice z of its output, and `sum_splits` adds the slices in
+// a fixed order (deterministic, unlike atomics). At batch 64 a layer is only tens of tiles,
+// too few to fill a large GPU, and a tile's K loop is a long chain of dependent loads and
+// barriers: splitting the loop is what gives the GPU enough independent blocks.
 #include "common.cuh"
 
 // A block computes a TILE_M x TILE_N tile of the output with TILE_THREADS threads: thread
-// (ty, tx) owns row ty and columns tx, tx+16, tx+32, ..., so a warp's stores are runs of 16
-// consecutive floats. Each K step stages TILE_K x TILE_M of A and TILE_K x TILE_N of B.
+// (ty, tx) owns row ty and the TILE_COLS consecutive columns from TILE_COLS * tx, so that it
+// reads its columns of a staged B row in one vector load of shared memory.
+// Each K step stages TILE_K x TILE_M of A and TILE_K x TILE_N of B.
 // The tile sizes come from src/backend/cuda/tiles.rs, as -D flags.
 #if !defined(TILE_M) || !defined(TILE_N) || !defined(TILE_K) || !defined(TILE_THREADS)
 #error "conv.cu needs TILE_M, TILE_N, TILE_K and TILE_THREADS from src/backend/cuda/tiles.rs"
 #endif
 #define TILE_COLS (TILE_N / 16)
 static_assert(TILE_THREADS == TILE_M * 16, "one thread per row and 16th of the columns");
+static_assert(TILE_COLS == 4, "a thread's columns are one float4 of a staged B row");
 static_assert(TILE_K * TILE_M == TILE_THREADS, "the A stage loads one element per thread");
 static_assert(TILE_K * TILE_N % TILE_THREADS == 0, "the B stage loads whole rounds of threads");
 
+// The geometry, with the kernel side as a template parameter: SIDE is 1, 3 or 5 where the
+// network uses them, so that the im2col index arithmetic divides by constants (a multiply
+// and a shift) instead of running integer division; SIDE = 0 takes `kernel` at run time.
+template <int SIDE>
 struct ConvGeom {
-    int batch, c_in, c_out, height, width, kernel, pad, h_out, w_out;
+    int batch, c_in, c_out, height, width, kernel_, pad, h_out, w_out;
+    __device__ int kernel() const { return SIDE > 0 ? SIDE : kernel_; }
 };
 
-__device__ __forceinline__ ConvGeom make_geom(int batch, int c_in, int c_out, int height, int width,
-                                              int kernel, int pad) {
-    ConvGeom g = {batch, c_in, c_out, height, width, kernel, pad, height + 2 * pad + 1 - kernel,
-                  width + 2 * pad + 1 - kernel};
+template <int SIDE>
+__device__ __forceinline__ ConvGeom<SIDE> make_geom(int batch, int c_in, int c_out, int height, int width,
+                                                    int kernel, int pad) {
+    ConvGeom<SIDE> g = {batch, c_in, c_out, height, width, kernel, pad, height + 2 * pad + 1 - kernel,
+                        width + 2 * pad + 1 - kernel};
     return g;
 }
 
-// x[img][ci][oy + ky - pad][ox + kx - pad], or 0 in the padding: element (k, p) of im2col(x)
-// with k = (ci, ky, kx) and p = (img, oy, ox).
-__device__ __forceinline__ float im2col_at(const ConvGeom& g, const float* x, int k, int p) {
-    const int kk = g.kernel * g.kernel, plane = g.h_out * g.w_out;
-    const int ci = k / kk, ky = k % kk / g.kernel, kx = k % g.kernel;
-    const int img = p / plane, oy = p % plane / g.w_out, ox = p % g.w_out;
-    const int iy = oy + ky - g.pad, ix = ox + kx - g.pad;
-    if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) return 0.0f;
-    return x[((img * g.c_in + ci) * g.height + iy) * g.width + ix];
+// Calls LAUNCH(SIDE) with SIDE fixed to `kernel` where it is 1, 3 or 5, else with 0.
+#define WITH_SIDE(kernel, LAUNCH)   \
+    switch (kernel) {               \
+        case 1: LAUNCH(1); break;   \
+        case 3: LAUNCH(3); break;   \
+        case 5: LAUNCH(5); break;   \
+        default: LAUNCH(0); break;  \
+    }
+
+// A filter tap index t = (c, ky, kx), c the channel: with SIDE fixed, its divisions are by
+// constants.
+struct Tap {
+    int c, ky, kx;
+};
+
+template <int SIDE>
+__device__ __forceinline__ Tap tap(const ConvGeom<SIDE>& g, int t) {
+    const int kernel = g.kernel(), kk = kernel * kernel, c = t / kk, r = t - c * kk, ky = r / kernel;
+    return {c, ky, r - ky * kernel};
 }
 
+// A pixel index p = (img, y, x) over images of height x width planes: divisions by run-time
+// sizes, which the loaders below do once per thread where p indexes B's columns, fixed for
+// the whole reduction, and per element only where the reduction runs over pixels.
+struct Pixel {
+    int img, y, x;
+};
+
+__device__ __forceinline__ Pixel pixel(int p, int height, int width) {
+    const int plane = height * width, img = p / plane, r = p - img * plane, y = r / width;
+    return {img, y, r - y * width};
+}
+
+// Each problem reads A through a(row, k) and B through b(col, k), where `col` is what a
+// thread works out once about its column of B (`col(n)`), since a thread loads the same
+// column at every step of the reduction.
+
+// B = im2col(x): element (k, n) is x[img][ci][oy + ky - pad][ox + kx - pad] with
+// k = (ci, ky, kx) and n = (img, oy, ox), or 0 in the padding.
+template <int SIDE>
 struct ForwardProblem {
-    ConvGeom g;
+    ConvGeom<SIDE> g;
     const float* x;
     const float* w;
     int m, n, k;
+    struct Col {
+        const float* image;
+        int y, x;  // the output pixel, less the padding: its input window's corner
+    };
     __device__ float a(int row, int col) const { return w[row * k + col]; }
-    __device__ float b(int row, int col) const { return im2col_at(g, x, row, col); }
+    __device__ Col col(int n) const {
+        const Pixel q = pixel(n, g.h_out, g.w_out);
+        return {x + (size_t)q.img * g.c_in * g.height * g.width, q.y - g.pad, q.x - g.pad};
+    }
+    __device__ float b(const Col& c, int row) const {
+        const Tap t = tap(g, row);
+        const int iy = c.y + t.ky, ix = c.x + t.kx;
+        if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) return 0.0f;
+        return c.image[(t.c * g.height + iy) * g.width + ix];
+    }
 };
 
 // dx[img][ci][iy][ix] = sum over (co, ky, kx) of W[co][ci][ky][kx] * dy[img][co][iy+pad-ky][ix+pad-kx].
+template <int SIDE>
 struct BackwardDataProblem {
-    ConvGeom g;
+    ConvGeom<SIDE> g;
     const float* dy;
     const float* w;
     int m, n, k;
+    struct Col {
+        const float* image;
+        int y, x;  // the input pixel, plus the padding
+    };
     __device__ float a(int ci, int col) const {
-        const int kk = g.kernel * g.kernel;
-        return w[(col / kk * g.c_in + ci) * kk + col % kk];
+        const Tap t = tap(g, col);
+        return w[((t.c * g.c_in + ci) * g.kernel() + t.ky) * g.kernel() + t.kx];
     }
-    __device__ float b(int row, int p) const {
-        const int kk = g.kernel * g.kernel, plane = g.height * g.width;
-        const int co = row / kk, ky = row % kk / g.kernel, kx = row % g.kernel;
-        const int img = p / plane, iy = p % plane / g.width, ix = p % g.width;
-        const int oy = iy + g.pad - ky, ox = ix + g.pad - kx;
+    __device__ Col col(int n) const {
+        const Pixel q = pixel(n, g.height, g.width);
+        return {dy + (size_t)q.img * g.c_out * g.h_out * g.w_out, q.y + g.pad, q.x + g.pad};
+    }
+    __device__ float b(const Col& c, int row) const {
+        const Tap t = tap(g, row);
+        const int oy = c.y - t.ky, ox = c.x - t.kx;
         if (oy < 0 || oy >= g.h_out || ox < 0 || ox >= g.w_out) return 0.0f;
-        return dy[((img * g.c_out + co) * g.h_out + oy) * g.w_out + ox];
+        return c.image[(t.c * g.h_out + oy) * g.w_out + ox];
     }
 };
 
-// The reduction runs over output pixels p; B is im2col(x) transposed.
+// The reduction runs over output pixels p; B is im2col(x) transposed, its columns the taps.
+template <int SIDE>
 struct BackwardFilterProblem {
-    ConvGeom g;
+    ConvGeom<SIDE> g;
     const float* x;
     const float* dy;
     int m, n, k;
+    using Col = Tap;
     __device__ float a(int co, int p) const {
-        const int plane = g.h_out * g.w_out;
-        return dy[(p / plane * g.c_out + co) * plane + p % plane];
+        const Pixel q = pixel(p, g.h_out, g.w_out);
+        return dy[((q.img * g.c_out + co) * g.h_out + q.y) * g.w_out + q.x];
     }
-    __device__ float b(int p, int col) const { return im2col_at(g, x, col, p); }
+    __device__ Col col(int n) const { return tap(g, n); }
+    __device__ float b(const Col& t, int p) const {
+        const Pixel q = pixel(p, g.h_out, g.w_out);
+        const int iy = q.y + t.ky - g.pad, ix = q.x + t.kx - g.pad;
+        if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) return 0.0f;
+        return x[((q.img * g.c_in + t.c) * g.height + iy) * g.width + ix];
+    }
+};
+
+// One K step's staged tiles. Each kernel declares it once and hands it down, so that its
+// instantiations for every kernel side share one block's worth of shared memory.
+struct Stage {
+    float a[TILE_K][TILE_M];
+    alignas(16) float b[TILE_K][TILE_N];
 };
 
 // Accumulates rows m0.. and columns n0.. of A[:, k_begin:k_end] * B[k_begin:k_end, :] into
 // `acc`. When `row_sum` is set, thread tx == 0 of each row also sums that row of A (the bias
 // gradient is the row sum of dy), reusing the staged tile instead of a second pass over dy.
 template <class Problem>
-__device__ void gemm_tile(const Problem& p, int m0, int n0, int k_begin, int k_end, float (&acc)[TILE_COLS],
-                          float* row_sum) {
-    __shared__ float a_tile[TILE_K][TILE_M];
-    __shared__ float b_tile[TILE_K][TILE_N];
+__device__ void gemm_tile(const Problem& p, Stage& stage, int m0, int n0, int k_begin, int k_end,
+                          float (&acc)[TILE_COLS], float* row_sum) {
+    float(&a_tile)[TILE_K][TILE_M] = stage.a;
+    float(&b_tile)[TILE_K][TILE_N] = stage.b;
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    // This thread's column of the B stage, the same at every step.
+    const int nn = tid % TILE_N, n = n0 + nn;
+    const bool n_inside = n < p.n;
+    const typename Problem::Col col = p.col(n);
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // Consecutive threads read consecutive k of A and consecutive columns of B: the
         // contiguous direction of W, dy and x in each problem.
@@ -102,14 +184,13 @@ __device__ void gemm_tile(const Problem& p, int m0, int n0, int k_begin, int k_e
             a_tile[kk][mm] = (k < k_end && m < p.m) ? p.a(m, k) : 0.0f;
         }
         for (int i = 0; i < TILE_K * TILE_N / TILE_THREADS; ++i) {
-            const int kk = tid / TILE_N + i * (TILE_THREADS / TILE_N), nn = tid % TILE_N;
-            const int k = k0 + kk, n = n0 + nn;
-            b_tile[kk][nn] = (k < k_end && n < p.n) ? p.b(k, n) : 0.0f;
+            const int kk = tid / TILE_N + i * (TILE_THREADS / TILE_N), k = k0 + kk;
+            b_tile[kk][nn] = (k < k_end && n_inside) ? p.b(col, k) : 0.0f;
         }
         __syncthreads();
         for (int kk = 0; kk < TILE_K; ++kk) {
             const float a = a_tile[kk][ty];
-            for (int j = 0; j < TILE_COLS; ++j) acc[j] += a * b_tile[kk][tx + 16 * j];
+            for (int j = 0; j < TILE_COLS; ++j) acc[j] += a * b_tile[kk][TILE_COLS * tx + j];
         }
         if (row_sum && tx == 0) {
             for (int kk = 0; kk < TILE_K; ++kk) *row_sum += a_tile[kk][ty];
@@ -119,80 +200,144 @@ __device__ void gemm_tile(const Problem& p, int m0, int n0, int k_begin, int k_e
     }
 }
 
-// y = conv(x, W) + b, ReLU fused when `relu`: the epilogue writes each output exactly once.
-// Grid: (ceil(batch*h_out*w_out / TILE_N), ceil(c_out / TILE_M)), TILE_THREADS threads.
-extern "C" __global__ void conv2d_forward(const float* __restrict__ x, const float* __restrict__ w,
-                                          const float* __restrict__ bias, float* __restrict__ y, int batch,
-                                          int c_in, int c_out, int height, int width, int kernel, int pad,
-                                          int relu) {
-    const ConvGeom g = make_geom(batch, c_in, c_out, height, width, kernel, pad);
+// This block's slice of the reduction: [k_begin, k_end) of `k` terms.
+__device__ __forceinline__ void split_range(int k, int split_len, int& k_begin, int& k_end) {
+    k_begin = blockIdx.z * split_len;
+    k_end = min(k_begin + split_len, k);
+}
+
+template <int SIDE>
+__device__ void forward(Stage& stage, const float* x, const float* w, const float* bias, float* y, int batch,
+                        int c_in, int c_out, int height, int width, int kernel, int pad, int relu, int split_len) {
+    const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int plane = g.h_out * g.w_out;
-    const ForwardProblem p = {g, x, w, c_out, batch * plane, c_in * kernel * kernel};
+    const ForwardProblem<SIDE> p = {g, x, w, c_out, batch * plane, c_in * kernel * kernel};
     const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+    int k_begin, k_end;
+    split_range(p.k, split_len, k_begin, k_end);
     float acc[TILE_COLS] = {};
-    gemm_tile(p, m0, n0, 0, p.k, acc, nullptr);
+    gemm_tile(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
     const int co = m0 + threadIdx.x / 16;
     if (co >= c_out) return;
+    float* out = y + (size_t)blockIdx.z * c_out * p.n;
+    const float b = blockIdx.z == 0 ? bias[co] : 0.0f;
     for (int j = 0; j < TILE_COLS; ++j) {
-        const int n = n0 + threadIdx.x % 16 + 16 * j;
+        const int n = n0 + TILE_COLS * (threadIdx.x % 16) + j;
         if (n >= p.n) continue;
-        const float v = acc[j] + bias[co];
-        y[(n / plane * c_out + co) * plane + n % plane] = relu ? fmaxf(v, 0.0f) : v;
+        const float v = acc[j] + b;
+        out[(n / plane * c_out + co) * plane + n % plane] = relu ? fmaxf(v, 0.0f) : v;
     }
 }
 
-// dx (+)= conv_transpose(dy, W). Grid: (ceil(batch*height*width / TILE_N), ceil(c_in / TILE_M)).
-extern "C" __global__ void conv2d_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
-                                                float* __restrict__ dx, int batch, int c_in, int c_out,
-                                                int height, int width, int kernel, int pad, int accumulate) {
-    const ConvGeom g = make_geom(batch, c_in, c_out, height, width, kernel, pad);
+// y = conv(x, W) + b, ReLU fused when `relu`: the epilogue writes each output exactly once.
+// Split (gridDim.z > 1), slice z of y's shape at y + z*|y| gets split z's partial sum, the
+// bias in slice 0 alone, and the host passes relu = 0 (sum_splits applies it).
+// Grid: (ceil(batch*h_out*w_out / TILE_N), ceil(c_out / TILE_M), splits), TILE_THREADS threads.
+extern "C" __global__ void conv2d_forward(const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ bias, float* __restrict__ y, int batch,
+                                          int c_in, int c_out, int height, int width, int kernel, int pad,
+                                          int relu, int split_len) {
+    __shared__ Stage stage;
+#define FORWARD(SIDE) \
+    forward<SIDE>(stage, x, w, bias, y, batch, c_in, c_out, height, width, kernel, pad, relu, split_len)
+    WITH_SIDE(kernel, FORWARD)
+#undef FORWARD
+}
+
+template <int SIDE>
+__device__ void backward_data(Stage& stage, const float* dy, const float* w, float* dx, int batch, int c_in,
+                              int c_out, int height, int width, int kernel, int pad, int accumulate, int split_len) {
+    const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int plane = height * width;
-    const BackwardDataProblem p = {g, dy, w, c_in, batch * plane, c_out * kernel * kernel};
+    const BackwardDataProblem<SIDE> p = {g, dy, w, c_in, batch * plane, c_out * kernel * kernel};
     const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+    int k_begin, k_end;
+    split_range(p.k, split_len, k_begin, k_end);
     float acc[TILE_COLS] = {};
-    gemm_tile(p, m0, n0, 0, p.k, acc, nullptr);
+    gemm_tile(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
     const int ci = m0 + threadIdx.x / 16;
     if (ci >= c_in) return;
+    float* slice = dx + (size_t)blockIdx.z * c_in * p.n;
     for (int j = 0; j < TILE_COLS; ++j) {
-        const int n = n0 + threadIdx.x % 16 + 16 * j;
+        const int n = n0 + TILE_COLS * (threadIdx.x % 16) + j;
         if (n >= p.n) continue;
-        float* out = dx + (n / plane * c_in + ci) * plane + n % plane;
+        float* out = slice + (n / plane * c_in + ci) * plane + n % plane;
         *out = accumulate ? *out + acc[j] : acc[j];
     }
 }
 
-// Split-K weight and bias gradient. The reduction (batch x output plane, up to ~37k terms)
-// is much longer than the output (c_out x c_in*kk, a few thousand), so blockIdx.z takes one
-// slice of `split_len` pixels and writes its partial [dW | db] to `partials[z]`;
-// `sum_splits` adds the slices in a fixed order, keeping the result deterministic.
-// Grid: (ceil(c_in*kk / TILE_N), ceil(c_out / TILE_M), splits).
-extern "C" __global__ void conv2d_backward_filter(const float* __restrict__ x, const float* __restrict__ dy,
-                                                  float* __restrict__ partials, int batch, int c_in, int c_out,
-                                                  int height, int width, int kernel, int pad, int split_len) {
-    const ConvGeom g = make_geom(batch, c_in, c_out, height, width, kernel, pad);
+// dx (+)= conv_transpose(dy, W). Split, slice z of dx's shape at dx + z*|dx| gets split z's
+// partial sum and the host passes accumulate = 0 (sum_splits accumulates).
+// Grid: (ceil(batch*height*width / TILE_N), ceil(c_in / TILE_M), splits).
+extern "C" __global__ void conv2d_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
+                                                float* __restrict__ dx, int batch, int c_in, int c_out,
+                                                int height, int width, int kernel, int pad, int accumulate,
+                                                int split_len) {
+    __shared__ Stage stage;
+#define BACKWARD_DATA(SIDE) \
+    backward_data<SIDE>(stage, dy, w, dx, batch, c_in, c_out, height, width, kernel, pad, accumulate, split_len)
+    WITH_SIDE(kernel, BACKWARD_DATA)
+#undef BACKWARD_DATA
+}
+
+template <int SIDE>
+__device__ void backward_filter(Stage& stage, const float* x, const float* dy, float* partials, int batch,
+                                int c_in, int c_out, int height, int width, int kernel, int pad, int split_len) {
+    const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int patch = c_in * kernel * kernel, pixels = batch * g.h_out * g.w_out;
-    const BackwardFilterProblem p = {g, x, dy, c_out, patch, pixels};
+    const BackwardFilterProblem<SIDE> p = {g, x, dy, c_out, patch, pixels};
     const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
-    const int k_begin = blockIdx.z * split_len, k_end = min(k_begin + split_len, pixels);
+    int k_begin, k_end;
+    split_range(pixels, split_len, k_begin, k_end);
     float acc[TILE_COLS] = {};
     float bias_sum = 0.0f;
-    gemm_tile(p, m0, n0, k_begin, k_end, acc, blockIdx.x == 0 ? &bias_sum : nullptr);
+    gemm_tile(p, stage, m0, n0, k_begin, k_end, acc, blockIdx.x == 0 ? &bias_sum : nullptr);
     const int co = m0 + threadIdx.x / 16;
     if (co >= c_out) return;
     float* partial = partials + (size_t)blockIdx.z * (c_out * patch + c_out);
     for (int j = 0; j < TILE_COLS; ++j) {
-        const int n = n0 + threadIdx.x % 16 + 16 * j;
+        const int n = n0 + TILE_COLS * (threadIdx.x % 16) + j;
         if (n < patch) partial[co * patch + n] = acc[j];
     }
     if (blockIdx.x == 0 && threadIdx.x % 16 == 0) partial[c_out * patch + co] = bias_sum;
 }
 
-// out[i] = sum over s of partials[s * len + i], in order s = 0, 1, ...
+// Weight and bias gradient, [dW | db]: the reduction (batch x output plane, up to ~37k
+// terms) is much longer than the output (c_out x c_in*kk, a few thousand), so it is split
+// nearly always; slice z of `partials` gets split z's [dW | db].
+// Grid: (ceil(c_in*kk / TILE_N), ceil(c_out / TILE_M), splits).
+extern "C" __global__ void conv2d_backward_filter(const float* __restrict__ x, const float* __restrict__ dy,
+                                                  float* __restrict__ partials, int batch, int c_in, int c_out,
+                                                  int height, int width, int kernel, int pad, int split_len) {
+    __shared__ Stage stage;
+#define BACKWARD_FILTER(SIDE) \
+    backward_filter<SIDE>(stage, x, dy, partials, batch, c_in, c_out, height, width, kernel, pad, split_len)
+    WITH_SIDE(kernel, BACKWARD_FILTER)
+#undef BACKWARD_FILTER
+}
+
+// out[i] = act(sum over s of partials[s * len + i], plus out[i] when `accumulate`), ReLU when
+// `relu`. `lanes` threads (a power of two dividing the block) share each element: lane l
+// sums splits l, l + lanes, ... in order, then lane 0 adds the lanes' sums in order, so the
+// result does not depend on scheduling, and a long list of splits is read `lanes` at a time.
 extern "C" __global__ void sum_splits(const float* __restrict__ partials, float* __restrict__ out, int splits,
-                                      int len) {
-    for (unsigned int i = global_index(); i < (unsigned int)len; i += grid_stride()) {
+                                      int len, int lanes, int accumulate, int relu) {
+    DYNAMIC_SHARED(float, lane_sums);
+    const int per_block = blockDim.x / lanes, lane = threadIdx.x / per_block, e = threadIdx.x % per_block;
+    for (int base = blockIdx.x * per_block; base < len; base += gridDim.x * per_block) {
+        const int i = base + e;
         float v = 0.0f;
-        for (int s = 0; s < splits; ++s) v += partials[(size_t)s * len + i];
-        out[i] = v;
+        if (i < len) {
+            for (int s = lane; s < splits; s += lanes) v += partials[(size_t)s * len + i];
+        }
+        lane_sums[threadIdx.x] = v;
+        __syncthreads();
+        if (lane == 0 && i < len) {
+            float total = accumulate ? out[i] : 0.0f;
+            for (int l = 0; l < lanes; ++l) total += lane_sums[l * per_block + e];
+            out[i] = relu ? fmaxf(total, 0.0f) : total;
+        }
+        // The next round overwrites lane_sums.
+        __syncthreads();
     }
 }

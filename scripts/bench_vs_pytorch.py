@@ -8,11 +8,14 @@ shuffled order, and time an inference pass over the 10k test images.
     cargo build --release
     python3 scripts/bench_vs_pytorch.py [--threads 2] [--only torch|ours] [--device cuda]
                                         [--block preact --depth 10]
-                                        [--torch-mode all|eager|channels-last|compile|compile-channels-last]
+                                        [--torch-mode all|eager|channels-last|compile|compile-channels-last
+                                                      |compile-cudagraphs]
 
-PyTorch runs in each `--torch-mode` (default: all four): eager on NCHW tensors, eager on
-channels_last (oneDNN's blocked kernels), and either under torch.compile (inductor; compile
-time falls in the untimed warm-up). Ours is compared with each, and with the fastest mode of
+PyTorch runs in each `--torch-mode` (default: all of them): eager on NCHW tensors, eager on
+channels_last (oneDNN's blocked kernels on a CPU), and either under torch.compile (inductor;
+compile time falls in the untimed warm-up); with --device cuda also torch.compile's CUDA
+graphs (mode "reduce-overhead"). PyTorch keeps its defaults, TF32 convolutions on a GPU
+included. Ours is compared with each, and with the fastest mode of
 each phase, which is what a PyTorch user who cares about speed would run.
 
 Each round runs ours, then each PyTorch mode followed by ours again, --repeats rounds: a
@@ -22,8 +25,8 @@ medians over the rounds, and a ratio is the median of each round's ratio. FLOP c
 include only convolution and linear multiply-adds (2 FLOPs per MAC, as the direct
 convolution does them); a training step counts 3x the forward pass minus conv1's input
 gradient, which is never computed. Once per run the script also times the machine's sgemm
-(numpy's `a @ b`, 2048^3, best of 5, on --threads threads) and gives every GFLOP/s as a
-fraction of it.
+(on a CPU numpy's `a @ b`, 2048^3, best of 5, on --threads threads; on a GPU torch's FP32
+matmul with TF32 off, 8192^3, median of 10) and gives every GFLOP/s as a fraction of it.
 """
 
 import argparse
@@ -40,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_model import (LR, MOMENTUM, REPO_ROOT, TORCH_MODES, Net, VariantNet, add_mnist_dir_argument, in_mode,
+from reference_model import (GPU_TORCH_MODES, LR, MOMENTUM, REPO_ROOT, TORCH_MODES, Net, VariantNet, add_mnist_dir_argument, in_mode,
                              load_mnist, memory_format, normalize)
 
 BATCH = 64
@@ -64,10 +67,13 @@ def parse_args():
     p.add_argument("--block", choices=["original", "plain", "relu-before-add", "preact", "scaled", "conv-shortcut"],
                    default="original", help="residual unit of both sides (default: %(default)s)")
     p.add_argument("--depth", type=int, default=1, help="blocks per stage (default: %(default)s, the reference)")
-    p.add_argument("--torch-mode", choices=("all",) + TORCH_MODES, default="all",
+    p.add_argument("--torch-mode", choices=("all",) + GPU_TORCH_MODES, default="all",
                    help="PyTorch's configuration, or all of them in every round (default: %(default)s)")
     args = p.parse_args()
-    args.torch_modes = TORCH_MODES if args.torch_mode == "all" else (args.torch_mode,)
+    modes = GPU_TORCH_MODES if args.device == "cuda" else TORCH_MODES
+    if args.torch_mode not in ("all",) + modes:
+        p.error(f"--torch-mode {args.torch_mode} needs --device cuda")
+    args.torch_modes = modes if args.torch_mode == "all" else (args.torch_mode,)
     return args
 
 
@@ -90,8 +96,31 @@ print(2 * 2048 ** 3 / min(times) / 1e9)
 """
 
 
-def sgemm_gflops(threads):
-    """The machine's sgemm rate: numpy (OpenBLAS) `a @ b` at 2048^3, best of 5, in GFLOP/s."""
+def gpu_sgemm_gflops():
+    """The GPU's FP32 matmul rate (TF32 off), 8192^3, median of 10 timed with events, in GFLOP/s.
+    PyTorch's own setting is restored after: its side runs with its defaults."""
+    default_tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    a, b = (torch.rand(8192, 8192, device="cuda", generator=torch.Generator("cuda").manual_seed(i))
+            for i in range(2))
+    times = []
+    for i in range(13):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1e3)
+    torch.backends.cuda.matmul.allow_tf32 = default_tf32
+    return 2 * 8192 ** 3 / statistics.median(times) / 1e9
+
+
+def sgemm_gflops(args):
+    """The machine's sgemm rate in GFLOP/s: the GPU's with --device cuda, else numpy (OpenBLAS)
+    `a @ b` at 2048^3, best of 5, on --threads threads."""
+    if args.device == "cuda":
+        return gpu_sgemm_gflops()
+    threads = args.threads
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     result = subprocess.run([sys.executable, "-c", SGEMM], env=env, capture_output=True, text=True, check=True)
     return float(result.stdout.strip())
@@ -208,21 +237,31 @@ def run_ours(args):
     return json.loads(json_lines[-1])
 
 
+def progress(round_index, side, rates):
+    """One line per run on stderr, so that a run cut short still shows what it measured."""
+    print(f"round {round_index + 1}: {side}: " + ", ".join(f"{k} {rates[k]:.0f}" for k in PHASE_KEYS),
+          file=sys.stderr, flush=True)
+
+
 def bench(args):
     """Rounds that take every PyTorch mode in turn, each between two runs of ours, so that
     every ratio compares runs a few seconds apart: the shared machine's speed drifts by up to
     2x within minutes, too fast for rounds of one run a side. Each round is {side: {phase key:
     images/s}}: ours is its runs' median, and "ours beside <mode>" the mean of the two runs
     around that mode, which is what the mode's ratio divides."""
-    torch_sides = {m: TorchBench(args, m) for m in args.torch_modes} if args.only != "ours" else {}
+    modes = args.torch_modes if args.only != "ours" else ()
+    torch_sides = {}  # set up in the first round, so that a run cut short has measured something
     with_ours = args.only != "torch"
     rounds = []
     for _ in range(args.repeats):
         r, ours = {}, [run_ours(args)] if with_ours else []
-        for mode, side in torch_sides.items():
+        for mode in modes:
+            side = torch_sides.get(mode) or torch_sides.setdefault(mode, TorchBench(args, mode))
             r[mode] = side.run()
+            progress(len(rounds), f"torch {mode}", r[mode])
             if with_ours:
                 ours.append(run_ours(args))
+                progress(len(rounds), "ours", ours[-1])
                 r[f"ours beside {mode}"] = {key: (ours[-2][key] + ours[-1][key]) / 2 for key in PHASE_KEYS}
         if with_ours:
             r["ours"] = {key: statistics.median(o[key] for o in ours) for key in PHASE_KEYS}
@@ -258,7 +297,8 @@ def ratio_of(rounds, key, mode):
 
 def print_report(args, rounds, sgemm):
     fwd_flops, train_flops = flops_per_image(args)
-    print(f"machine: {machine_description(args)}; sgemm (numpy 2048^3) {sgemm:.1f} GFLOP/s")
+    how = "torch FP32 8192^3" if args.device == "cuda" else "numpy 2048^3"
+    print(f"machine: {machine_description(args)}; sgemm ({how}) {sgemm:.1f} GFLOP/s")
     print(f"{args.block} blocks, depth {args.depth}; device {args.device}, batch {BATCH}, {args.steps} train steps, "
           f"eval batch {args.eval_batch}, median of {args.repeats} rounds, each mode between two runs of ours")
     print(f"FLOPs/image: forward {fwd_flops / 1e6:.3f} M, training step {train_flops / 1e6:.3f} M")
@@ -282,7 +322,7 @@ def print_report(args, rounds, sgemm):
 
 def main():
     args = parse_args()
-    sgemm = sgemm_gflops(args.threads)
+    sgemm = sgemm_gflops(args)
     print_report(args, bench(args), sgemm)
 
 

@@ -1,78 +1,120 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with an NVIDIA GPU and no Rust toolchain, from the repository
 # root, with device-bin/ built by scripts/build_device_bin.sh. In this order, each step with
-# its own time limit so that the whole stays under 8 minutes: nvidia-smi; the GPU tests
+# its own time limit so that the whole stays under 8 minutes: nvidia-smi and the card's two
+# ceilings (FP32 sgemm, device-to-device copy); `bench --device cuda`; the GPU tests
 # (tests/cuda_device.rs: every op against the CPU, sgemm, graph replay, every block variant,
-# a 1-epoch run to 98 %, and one of the fast recipe to 99 %); `bench --device cuda`; a
-# 20-epoch run and a --recipe fast run with their wall times;
+# a 1-epoch run to 98 %); a 20-epoch run and a --recipe fast run with their wall times; each
+# kernel's time in a few training steps and an eval pass (Nsight Compute, where it works);
 # scripts/bench_vs_pytorch.py --device cuda when torch is there. A short table comes last.
-# Logs go to $OUT (or ./gpu-check-out).
+# What it prints goes to $OUT/log.txt (or ./gpu-check-out), beside the few long outputs
+# (the tests' log, ncu's CSV, the PyTorch comparison); the runs' own folders go to a temporary
+# one, since a lent machine brings back only a few files.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bin=device-bin
 out="${OUT:-$root/gpu-check-out}"
+work="$(mktemp -d)"
 mkdir -p "$out"
+exec > >(tee "$out/log.txt") 2>&1
 [ -x "$bin/resnet-mnist" ] && [ -x "$bin/cuda_device" ] ||
     { echo "gpu_check: $bin/resnet-mnist and $bin/cuda_device are missing: run scripts/build_device_bin.sh" >&2; exit 2; }
-export MNIST_DIR="$root/$bin/mnist" RESNET_MNIST_OFFLINE=1 NO_COLOR=1
+export MNIST_DIR="$root/$bin/mnist" RESNET_MNIST_OFFLINE=1 NO_COLOR=1 PYTHONUNBUFFERED=1
 
-# The driver, cuBLAS and NVRTC from a CUDA toolkit or from Python's nvidia-* wheels (as in
-# /opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib), wherever they are.
-libdirs="$(find /usr/local/nvidia /usr/local/cuda*/lib64 /opt /usr/local/lib /usr/lib/python3* -maxdepth 10 \
-    \( -name 'libcuda.so.1' -o -name 'libcublas.so.1[23]' -o -name 'libnvrtc.so.1[23]' \) 2>/dev/null |
-    xargs -r -n1 dirname | sort -u | paste -sd:)"
-export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. scripts/gpu_env.sh
 
 declare -a rows
 row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); }
-step() { echo; echo "== $1"; }
+step() { echo; echo "== $1 ($(date +%T))"; }
+have_torch() { python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; }
 
 step "nvidia-smi"
-nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt" | head -20
-row "GPU" "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
-row "libraries" "${libdirs:-none found}"
+nvidia-smi 2>&1 | head -20
+row "GPU" "$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1)"
+row "libraries" "${GPU_LIBDIRS:-none found}"
+
+step "the card's ceilings (torch)"
+if have_torch; then
+    timeout 60 python3 - >"$work/ceilings.txt" 2>&1 <<'PY'
+import statistics, torch
+torch.backends.cuda.matmul.allow_tf32 = False
+def median_ms(f, n=10):
+    f(); f(); times = []
+    for _ in range(n):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); f(); e.record(); e.synchronize(); times.append(s.elapsed_time(e))
+    return statistics.median(times)
+a, b = torch.rand(8192, 8192, device="cuda"), torch.rand(8192, 8192, device="cuda")
+print(f"sgemm FP32 (TF32 off) 8192^3: {2 * 8192 ** 3 / median_ms(lambda: a @ b) / 1e9:.0f} TFLOP/s")
+src = torch.rand(2 ** 30, device="cuda"); dst = torch.empty_like(src)
+print(f"device copy 4 GiB: {2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e9:.2f} TB/s (read + write)")
+PY
+    cat "$work/ceilings.txt"
+    row "ceilings" "$(paste -sd';' "$work/ceilings.txt")"
+else
+    row "ceilings" "skipped: no torch with CUDA here"
+fi
+
+step "bench --device cuda"
+timeout 90 "$bin/resnet-mnist" bench --device cuda --steps 2000 --repeats 5 --json >"$work/bench.json" 2>"$work/bench.err"
+cat "$work/bench.json" "$work/bench.err" | tail -5
+# A large batch says how much of batch 64's step is launches and gaps rather than arithmetic.
+timeout 60 "$bin/resnet-mnist" bench --device cuda --steps 200 --repeats 3 --batch-size 1024 --eval-batch 1024 \
+    --json >"$work/bench1024.json" 2>>"$work/bench.err"
+cat "$work/bench1024.json"
+rate() { python3 -c "import json,sys; print(round(json.load(open('$work/$1'))['$2']))" 2>/dev/null || echo "?"; }
+row "bench train images/s (target 500k)" "$(rate bench.json train_images_per_s)"
+row "bench eval images/s" "$(rate bench.json eval_images_per_s)"
+row "bench train images/s, batch 1024" "$(rate bench1024.json train_images_per_s)"
 
 step "GPU tests (tests/cuda_device.rs)"
 # The fake-driver test needs the build machine's target folder; it runs in CI instead.
-timeout 180 "$bin/cuda_device" --skip the_suite_passes_on_the_fake_driver --test-threads 1 --nocapture \
+timeout 120 "$bin/cuda_device" --skip the_suite_passes_on_the_fake_driver --test-threads 1 --nocapture \
     >"$out/cuda_device.txt" 2>&1
 rc=$?
-grep -E '^test |test result|1 epoch|note:' "$out/cuda_device.txt" | tail -20
+grep -E '^test |test result|1 epoch|note:|panicked|assert' "$out/cuda_device.txt" | tail -30
 skipped=$(grep -c 'note: skipping' "$out/cuda_device.txt")
 row "GPU tests" "$(grep -o 'test result: [a-zA-Z]*\. [0-9]* passed; [0-9]* failed' "$out/cuda_device.txt" | tail -1 ||
     echo "exit $rc"), $skipped skipped for want of a device"
 row "1 epoch (test)" "$(grep -o '1 epoch: .*' "$out/cuda_device.txt" | head -1)"
 
-step "bench --device cuda"
-timeout 60 "$bin/resnet-mnist" bench --device cuda --json >"$out/bench.json" 2>"$out/bench.err"
-cat "$out/bench.json" "$out/bench.err" | tail -5
-rate() { python3 -c "import json,sys; print(round(json.load(open('$out/bench.json'))['$1']))" 2>/dev/null || echo "?"; }
-row "bench train images/s (target 500k)" "$(rate train_images_per_s)"
-row "bench eval images/s" "$(rate eval_images_per_s)"
-
+timed_run() {  # name, limit in seconds, then the train flags
+    local name="$1" limit="$2" start rc wall
+    shift 2
+    start=$(date +%s.%N)
+    timeout "$limit" "$bin/resnet-mnist" train --device cuda --quiet --out "$work/$name" "$@" >"$work/$name.txt" 2>&1
+    rc=$?
+    wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+    tail -25 "$work/$name.txt"
+    row "$name" "$(grep '^Best' "$work/$name.txt" | head -1) (wall ${wall} s, exit $rc)"
+}
 step "20 epochs on the GPU"
-start=$(date +%s.%N)
-timeout 120 "$bin/resnet-mnist" train --device cuda --epochs 20 --quiet --out "$out/run20" >"$out/train20.txt" 2>&1
-rc=$?
-wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
-tail -4 "$out/train20.txt"
-row "20 epochs" "$(grep '^Best' "$out/train20.txt" | head -1) (wall ${wall} s, exit $rc)"
-
+timed_run run20 90 --epochs 20
 step "--recipe fast on the GPU"
-start=$(date +%s.%N)
-timeout 60 "$bin/resnet-mnist" train --device cuda --recipe fast --quiet --out "$out/fast" >"$out/fast.txt" 2>&1
-rc=$?
-wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
-tail -3 "$out/fast.txt"
-row "--recipe fast" "$(grep '^Best' "$out/fast.txt" | head -1) (wall ${wall} s, exit $rc)"
+timed_run fast 45 --recipe fast
+
+step "each kernel's time (Nsight Compute)"
+ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)"
+if [ -n "$ncu" ]; then
+    # 10 steps of warm-up, 10 timed training steps and an eval pass; each kernel timed alone.
+    timeout 90 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
+        --launch-count 2000 "$bin/resnet-mnist" bench --device cuda --steps 10 --repeats 1 \
+        >"$out/ncu.csv" 2>"$work/ncu.err"
+    tail -5 "$work/ncu.err"
+    python3 scripts/ncu_summary.py "$out/ncu.csv" | tee "$work/kernels.txt" | head -60
+    row "kernels (ncu)" "$(tail -1 "$work/kernels.txt")"
+else
+    row "kernels (ncu)" "skipped: no ncu here"
+fi
 
 step "bench_vs_pytorch.py --device cuda"
-if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    timeout 90 python3 scripts/bench_vs_pytorch.py --device cuda --bin "$bin/resnet-mnist" --repeats 3 \
-        >"$out/vs_pytorch.txt" 2>&1
-    tail -8 "$out/vs_pytorch.txt"
-    row "vs PyTorch" "$(grep -i 'ratio' "$out/vs_pytorch.txt" | tail -1)"
+if have_torch; then
+    timeout 150 python3 scripts/bench_vs_pytorch.py --device cuda --bin "$bin/resnet-mnist" --repeats 2 \
+        --steps 1000 >"$out/vs_pytorch.txt" 2>&1
+    tail -22 "$out/vs_pytorch.txt"
+    row "vs PyTorch, train" "$(grep "fastest train" "$out/vs_pytorch.txt" | tail -1)"
+    row "vs PyTorch, eval" "$(grep "fastest eval" "$out/vs_pytorch.txt" | tail -1)"
 else
     row "vs PyTorch" "skipped: no torch with CUDA here"
 fi

@@ -119,8 +119,11 @@ class VariantNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
-# PyTorch's CPU configurations the scripts compare against: memory format, torch.compile or not.
+# PyTorch's configurations the scripts compare against: memory format, torch.compile or not,
+# and on a GPU torch.compile's CUDA graphs (mode "reduce-overhead"), which a small network's
+# launch-bound step needs there and which do nothing on a CPU.
 TORCH_MODES = ("eager", "channels-last", "compile", "compile-channels-last")
+GPU_TORCH_MODES = TORCH_MODES + ("compile-cudagraphs",)
 
 
 def memory_format(mode):
@@ -130,6 +133,8 @@ def memory_format(mode):
 def in_mode(model, mode):
     """`model` in `mode`'s memory format, and the callable that runs its forward pass."""
     model = model.to(memory_format=memory_format(mode))
+    if mode == "compile-cudagraphs":
+        return model, torch.compile(model, mode="reduce-overhead")
     return model, torch.compile(model) if mode.startswith("compile") else model
 
 

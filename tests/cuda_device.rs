@@ -176,11 +176,13 @@ fn train_epoch<B: Backend>(backend: B, train: &Split, test: &Split, recipe: Reci
     (reports, model.params())
 }
 
-/// On a GPU: one epoch of MNIST reaches 98 %. On the fake driver: an epoch on a subset gives
+/// On a GPU: one epoch of MNIST with the reference recipe reaches the CPU's accuracy within
+/// half a point (97.52 % on the CPU: the tutorial's recipe is not at 98 % after one epoch),
+/// and one of the fast recipe reaches 99 %. On the fake driver: an epoch on a subset gives
 /// what the emulated backend gives, to the bit: the same kernels, with cudarc, the driver API
 /// and cuBLAS in between instead of `EmuDevice`.
 #[test]
-fn one_epoch_trains_like_the_emulated_backend_and_reaches_98_percent_on_a_gpu() {
+fn one_epoch_trains_like_the_cpu_on_a_gpu_and_like_the_emulated_backend_on_the_fake_driver() {
     let Some(backend) = gpu(true) else { return };
     let Some(dataset) = mnist() else {
         assert!(!on_fake(), "set MNIST_DIR to a folder with the MNIST IDX files");
@@ -204,8 +206,13 @@ fn one_epoch_trains_like_the_emulated_backend_and_reaches_98_percent_on_a_gpu() 
         return;
     }
     let (reports, _) = train_epoch(backend, &dataset.train, &dataset.test, recipe);
-    eprintln!("1 epoch: {:.2} %, {:.0} images/s", reports[0].test.accuracy, reports[0].images_per_s);
-    assert!(reports[0].test.accuracy >= 98.0, "test accuracy {:.2} %", reports[0].test.accuracy);
+    let (on_cpu, _) = train_epoch(CpuBackend::new(0).expect("thread pool"), &dataset.train, &dataset.test, recipe);
+    let (gpu_accuracy, cpu_accuracy) = (reports[0].test.accuracy, on_cpu[0].test.accuracy);
+    eprintln!("1 epoch: {gpu_accuracy:.2} % ({cpu_accuracy:.2} % on the CPU), {:.0} images/s", reports[0].images_per_s);
+    assert!(
+        (gpu_accuracy - cpu_accuracy).abs() <= 0.5,
+        "test accuracy {gpu_accuracy:.2} %, on the CPU {cpu_accuracy:.2} %"
+    );
     let fast = Recipe::preset(Preset::Fast);
     let (reports, _) = train_epoch(gpu(true).expect("opened above"), &dataset.train, &dataset.test, fast);
     eprintln!("1 epoch of {fast}: {:.2} %, {:.0} images/s", reports[0].test.accuracy, reports[0].images_per_s);

@@ -77,11 +77,12 @@ fn the_start_up_self_test_passes() {
     emulated(false).self_test().expect("self test");
 }
 
-/// What one training step of the reference network queues on a GPU: the count behind the
-/// per-step floor that README predicts for graph replay. A change in the count is a change
-/// in that prediction.
+/// What one training step of the reference network queues on a GPU: 39 kernels of its own
+/// (the batch gather aside) plus one `sum_splits` for each conv launch whose reduction is
+/// split, which at batch 4 as at batch 64 is every one but conv1's forward; and 3 sgemms.
+/// A change in the count is a change in the step's launch overhead (README › GPU).
 #[test]
-fn a_reference_training_step_queues_39_kernels_and_3_sgemms() {
+fn a_reference_training_step_queues_49_kernels_and_3_sgemms() {
     let net = Net::new();
     let init = net.layout.init(0);
     let mut model = Model::new(emulated(false), net, &init, 4);
@@ -93,5 +94,5 @@ fn a_reference_training_step_queues_39_kernels_and_3_sgemms() {
     model.train_step(4, &Recipe::REFERENCE, 1);
     let after = model.backend.device().queued();
     let step = (after.kernels - before.kernels, after.sgemms - before.sgemms);
-    assert_eq!(step, (39, 3), "(kernels, sgemms) of one step");
+    assert_eq!(step, (49, 3), "(kernels, sgemms) of one step");
 }

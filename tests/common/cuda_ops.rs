@@ -23,7 +23,15 @@ fn cpu() -> CpuBackend {
 fn conv_shapes() -> Vec<ConvShape> {
     let conv =
         |batch, c_in, c_out, height, width, kernel, pad| ConvShape { batch, c_in, c_out, height, width, kernel, pad };
-    vec![conv(1, 1, 4, 9, 7, 5, 0), conv(2, 3, 17, 6, 6, 3, 1), conv(1, 18, 2, 5, 3, 3, 1), conv(3, 2, 3, 4, 4, 3, 2)]
+    // The kernels fix the side at compile time for 1, 3 and 5; 4 takes their run-time path.
+    vec![
+        conv(1, 1, 4, 9, 7, 5, 0),
+        conv(2, 3, 17, 6, 6, 3, 1),
+        conv(1, 18, 2, 5, 3, 3, 1),
+        conv(3, 2, 3, 4, 4, 3, 2),
+        conv(2, 3, 5, 7, 6, 4, 1),
+        conv(1, 20, 19, 5, 4, 1, 0),
+    ]
 }
 
 pub fn conv2d_matches_cpu<D: Device>(g: &CudaBackend<D>) {
@@ -305,15 +313,19 @@ pub fn a_reused_backend_forgets_the_graphs_of_the_last_model<D: Device>(gpu: &dy
 /// The `best` recipe (AdamW, one-cycle, label smoothing, affine augmentation) for 200 steps:
 /// the learning rate, β1 and the bias corrections change every step, yet one captured graph
 /// serves them all, replaying exactly what the uncaptured steps compute. Its first 5 steps
-/// follow the CPU (later, AdamW's normalized steps amplify the two backends' different
-/// summation orders past any fixed tolerance).
+/// follow the CPU, with eps raised from 1e-8 to 1e-4 for that comparison: Adam divides by
+/// √v + eps, so a weight whose gradient is rounding noise moves by up to the learning rate
+/// whatever the noise's size, and with eps 1e-8 the two backends' summation orders alone
+/// (cuBLAS's split-K, the conv splits, fused multiply-adds) move such weights apart by more
+/// than any fixed tolerance on a real GPU after one step.
 pub fn a_one_cycle_adamw_run_captures_one_graph<D: Device>(gpu: &dyn Fn(bool) -> CudaBackend<D>) {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let data = tiny_dataset(&mut rng, 8);
     let batches = [2; 200];
     let recipe = Recipe::preset(Preset::Best);
-    let (cpu_params, cpu_loss, ..) = train_on(cpu(), Arch::default(), &data, &batches[..5], &recipe);
-    let (gpu_params, gpu_loss, ..) = train_on(gpu(true), Arch::default(), &data, &batches[..5], &recipe);
+    let smooth = Recipe { eps: 1e-4, ..recipe };
+    let (cpu_params, cpu_loss, ..) = train_on(cpu(), Arch::default(), &data, &batches[..5], &smooth);
+    let (gpu_params, gpu_loss, ..) = train_on(gpu(true), Arch::default(), &data, &batches[..5], &smooth);
     assert_close("parameters after 5 AdamW steps", &gpu_params, &cpu_params);
     assert!((gpu_loss - cpu_loss).abs() <= 1e-4 * cpu_loss, "loss {gpu_loss} vs {cpu_loss}");
     let (plain, plain_loss, ..) = train_on(gpu(false), Arch::default(), &data, &batches, &recipe);

@@ -70,9 +70,16 @@ fn driver_message(e: &cudarc::driver::DriverError) -> String {
 const THREADS: u32 = 256;
 /// Grid-stride kernels use at most this many blocks: enough to fill any current GPU.
 const MAX_BLOCKS: usize = 4096;
-/// Output pixels one slice of the split-K weight gradient aims to reduce.
-const FILTER_SPLIT_PIXELS: usize = 512;
-const MAX_FILTER_SPLITS: usize = 64;
+/// Blocks a conv launch aims for by splitting its reduction: a few per multiprocessor of the
+/// largest GPUs (132 on an H100 or H200), so that a layer of a few dozen tiles at batch 64
+/// still occupies the chip. A constant, not the device's count, so that every GPU sums in
+/// the same order and gives the same result.
+const TARGET_CONV_BLOCKS: usize = 512;
+/// The fewest reduction terms a split takes: fewer, and writing and summing its partial
+/// product costs more than its share of the loop saves.
+const MIN_SPLIT_LEN: usize = 2 * TILE_K;
+/// The most threads `sum_splits` gives one element (see the kernel).
+const MAX_SUM_LANES: usize = 32;
 
 /// A typed device buffer of `len` elements; without memory when allocating it failed (the
 /// backend has failed then, and no op touches it).
@@ -132,6 +139,22 @@ pub struct CudaBackend<D: Device> {
 
 fn blocks(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).max(1) as u32
+}
+
+/// How a conv launch splits its reduction of `len` terms: `count` slices of `len` terms each
+/// (the last one shorter), whole tile steps long.
+#[derive(Clone, Copy)]
+struct SplitK {
+    count: usize,
+    len: usize,
+}
+
+/// The split for a launch of `tiles` output tiles, aiming at [`TARGET_CONV_BLOCKS`] blocks.
+fn split_k(tiles: [u32; 2], len: usize) -> SplitK {
+    let tiles = tiles[0] as usize * tiles[1] as usize;
+    let wanted = TARGET_CONV_BLOCKS.div_ceil(tiles).min(len.div_ceil(MIN_SPLIT_LEN)).max(1);
+    let split_len = len.div_ceil(wanted).next_multiple_of(TILE_K);
+    SplitK { count: len.div_ceil(split_len), len: split_len }
 }
 
 fn dim(v: usize) -> i32 {
@@ -221,12 +244,40 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// The split-K partials buffer, grown to at least `len` floats; returns its address.
+    /// Growing frees the old buffer, which captured graphs may still write: they are
+    /// dropped, to be captured again.
     fn partials(&self, len: usize) -> DevPtr {
         let mut partials = self.partials.borrow_mut();
         if partials.as_ref().is_none_or(|p| p.len < len) {
             *partials = Some(self.alloc(len));
+            if let Some(cache) = &self.graphs {
+                cache.borrow_mut().graphs.clear();
+            }
         }
         partials.as_ref().map(DevBuf::ptr).expect("allocated above")
+    }
+
+    /// Where a conv launch split `split.count` ways writes its `len` outputs: `out` itself
+    /// when unsplit, else the partials buffer, one slice of `len` per split.
+    fn split_output(&self, split: SplitK, len: usize, out: DevPtr) -> DevPtr {
+        if split.count == 1 {
+            out
+        } else {
+            self.partials(split.count * len)
+        }
+    }
+
+    /// `out = act(Σ slices of partials (+ out))` after a split conv launch; nothing when
+    /// unsplit, since the conv kernel then wrote `out` with its own epilogue.
+    fn sum_splits(&self, split: SplitK, partials: DevPtr, out: DevPtr, len: usize, accumulate: bool, relu: bool) {
+        if split.count == 1 {
+            return;
+        }
+        // The largest power of two up to the split count: the kernel's lanes divide the block.
+        let lanes = 1 << split.count.min(MAX_SUM_LANES).ilog2();
+        let grid = blocks(len, THREADS as usize / lanes).min(MAX_BLOCKS as u32);
+        let call = k::sum_splits(partials, out, dim(split.count), dim(len), dim(lanes), flag(accumulate), flag(relu));
+        self.launch(call, [grid, 1, 1], THREADS, THREADS * size_of::<f32>() as u32);
     }
 
     fn replay_or_capture(&self, cache: &RefCell<GraphCache<D::Graph>>, key: StepKey, step: &mut dyn FnMut()) {
@@ -390,12 +441,29 @@ impl<D: Device> Backend for CudaBackend<D> {
         y: &mut Self::Buf,
         relu: bool,
     ) {
-        let grid = [blocks(s.batch * s.h_out() * s.w_out(), TILE_N), blocks(s.c_out, TILE_M), 1];
+        let tiles = [blocks(s.batch * s.h_out() * s.w_out(), TILE_N), blocks(s.c_out, TILE_M)];
+        let split = split_k(tiles, s.c_in * s.kernel * s.kernel);
+        let out = self.split_output(split, s.out_len(), y.ptr());
         let (w, bias) = (params.at(slot.offset), params.at(slot.bias().start));
         let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
-        let call =
-            k::conv2d_forward(x.ptr(), w, bias, y.ptr(), batch, c_in, c_out, height, width, kernel, pad, flag(relu));
-        self.launch_tiles(call, grid);
+        let fused_relu = flag(relu && split.count == 1);
+        let call = k::conv2d_forward(
+            x.ptr(),
+            w,
+            bias,
+            out,
+            batch,
+            c_in,
+            c_out,
+            height,
+            width,
+            kernel,
+            pad,
+            fused_relu,
+            dim(split.len),
+        );
+        self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
+        self.sum_splits(split, out, y.ptr(), s.out_len(), false, relu);
     }
 
     fn conv2d_backward_data(
@@ -407,13 +475,15 @@ impl<D: Device> Backend for CudaBackend<D> {
         dx: &mut Self::Buf,
         accumulate: bool,
     ) {
-        let grid = [blocks(s.batch * s.height * s.width, TILE_N), blocks(s.c_in, TILE_M), 1];
+        let tiles = [blocks(s.batch * s.height * s.width, TILE_N), blocks(s.c_in, TILE_M)];
+        let split = split_k(tiles, s.c_out * s.kernel * s.kernel);
+        let out = self.split_output(split, s.in_len(), dx.ptr());
         let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
         let w = params.at(slot.offset);
         let call = k::conv2d_backward_data(
             dy.ptr(),
             w,
-            dx.ptr(),
+            out,
             batch,
             c_in,
             c_out,
@@ -421,9 +491,11 @@ impl<D: Device> Backend for CudaBackend<D> {
             width,
             kernel,
             pad,
-            flag(accumulate),
+            flag(accumulate && split.count == 1),
+            dim(split.len),
         );
-        self.launch_tiles(call, grid);
+        self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
+        self.sum_splits(split, out, dx.ptr(), s.in_len(), accumulate, false);
     }
 
     fn conv2d_backward_params(
@@ -434,17 +506,15 @@ impl<D: Device> Backend for CudaBackend<D> {
         grads: &mut Self::Buf,
         slot: ParamSlot,
     ) {
-        let pixels = s.batch * s.h_out() * s.w_out();
-        let wanted = (pixels / FILTER_SPLIT_PIXELS).clamp(1, MAX_FILTER_SPLITS);
-        let split_len = pixels.div_ceil(wanted).next_multiple_of(TILE_K);
-        let splits = pixels.div_ceil(split_len);
-        let partials = self.partials(splits * slot.len());
-        let grid = [blocks(s.patch(), TILE_N), blocks(s.c_out, TILE_M), uint(splits)];
+        let tiles = [blocks(s.patch(), TILE_N), blocks(s.c_out, TILE_M)];
+        let split = split_k(tiles, s.batch * s.h_out() * s.w_out());
+        // A slice is [dW | db], the slot's own layout.
+        let out = self.split_output(split, slot.len(), grads.at(slot.offset));
         let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
         let call = k::conv2d_backward_filter(
             x.ptr(),
             dy.ptr(),
-            partials,
+            out,
             batch,
             c_in,
             c_out,
@@ -452,11 +522,10 @@ impl<D: Device> Backend for CudaBackend<D> {
             width,
             kernel,
             pad,
-            dim(split_len),
+            dim(split.len),
         );
-        self.launch_tiles(call, grid);
-        let call = k::sum_splits(partials, grads.at(slot.offset), dim(splits), dim(slot.len()));
-        self.launch_elementwise(call, slot.len());
+        self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
+        self.sum_splits(split, out, grads.at(slot.offset), slot.len(), false, false);
     }
 
     fn relu_backward(&self, len: usize, y: &Self::Buf, dy: &mut Self::Buf) {
