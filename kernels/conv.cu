@@ -15,19 +15,21 @@
 // barriers: splitting the loop is what gives the GPU enough independent blocks.
 #include "common.cuh"
 
-// A block computes a TILE_M x TILE_N tile of the output with TILE_THREADS threads: thread
-// (ty, tx) owns row ty and the TILE_COLS consecutive columns from TILE_COLS * tx, so that it
-// reads its columns of a staged B row in one vector load of shared memory.
-// Each K step stages TILE_K x TILE_M of A and TILE_K x TILE_N of B.
+// A block computes a (ROWS * TILE_M) x TILE_N tile of the output with TILE_THREADS threads:
+// thread (ty, tx) owns rows ty, ty + TILE_M, ... (ROWS of them, 1 or 2: the host takes 2 when
+// M is above TILE_M, so that each staged element of B, the costly one to load, serves 32
+// rows instead of 16) and the TILE_COLS consecutive columns from TILE_COLS * tx, which it
+// reads from a staged B row in one vector load of shared memory.
 // The tile sizes come from src/backend/cuda/tiles.rs, as -D flags.
-#if !defined(TILE_M) || !defined(TILE_N) || !defined(TILE_K) || !defined(TILE_THREADS)
-#error "conv.cu needs TILE_M, TILE_N, TILE_K and TILE_THREADS from src/backend/cuda/tiles.rs"
+#if !defined(TILE_M) || !defined(TILE_N) || !defined(TILE_K) || !defined(TILE_THREADS) || !defined(MAX_THREAD_ROWS)
+#error "conv.cu needs TILE_M, TILE_N, TILE_K, TILE_THREADS and MAX_THREAD_ROWS from src/backend/cuda/tiles.rs"
 #endif
 #define TILE_COLS (TILE_N / 16)
 static_assert(TILE_THREADS == TILE_M * 16, "one thread per row and 16th of the columns");
 static_assert(TILE_COLS == 4, "a thread's columns are one float4 of a staged B row");
-static_assert(TILE_K * TILE_M == TILE_THREADS, "the A stage loads one element per thread");
+static_assert(TILE_K * TILE_M == TILE_THREADS, "the A stage loads one element per thread and row group");
 static_assert(TILE_K * TILE_N % TILE_THREADS == 0, "the B stage loads whole rounds of threads");
+static_assert(MAX_THREAD_ROWS == 2, "the kernels instantiate 1 and 2 rows a thread");
 
 // The geometry, with the kernel side as a template parameter: SIDE is 1, 3 or 5 where the
 // network uses them, so that the im2col index arithmetic divides by constants (a multiply
@@ -46,13 +48,18 @@ __device__ __forceinline__ ConvGeom<SIDE> make_geom(int batch, int c_in, int c_o
     return g;
 }
 
-// Calls LAUNCH(SIDE) with SIDE fixed to `kernel` where it is 1, 3 or 5, else with 0.
-#define WITH_SIDE(kernel, LAUNCH)   \
-    switch (kernel) {               \
-        case 1: LAUNCH(1); break;   \
-        case 3: LAUNCH(3); break;   \
-        case 5: LAUNCH(5); break;   \
-        default: LAUNCH(0); break;  \
+// Calls LAUNCH(SIDE, ROWS) with SIDE fixed to `kernel` where it is 1, 3 or 5, else 0, and
+// ROWS to `rows`.
+#define WITH_SIDE_ROWS(kernel, rows, LAUNCH)          \
+    switch (kernel * 4 + rows) {                      \
+        case 1 * 4 + 1: LAUNCH(1, 1); break;          \
+        case 1 * 4 + 2: LAUNCH(1, 2); break;          \
+        case 3 * 4 + 1: LAUNCH(3, 1); break;          \
+        case 3 * 4 + 2: LAUNCH(3, 2); break;          \
+        case 5 * 4 + 1: LAUNCH(5, 1); break;          \
+        case 5 * 4 + 2: LAUNCH(5, 2); break;          \
+        default:                                      \
+            if (rows == 1) LAUNCH(0, 1) else LAUNCH(0, 2); \
     }
 
 // A filter tap index t = (c, ky, kx), c the channel: with SIDE fixed, its divisions are by
@@ -157,20 +164,19 @@ struct BackwardFilterProblem {
 };
 
 // One K step's staged tiles. Each kernel declares it once and hands it down, so that its
-// instantiations for every kernel side share one block's worth of shared memory.
+// instantiations share one block's worth of shared memory.
 struct Stage {
-    float a[TILE_K][TILE_M];
+    float a[TILE_K][MAX_THREAD_ROWS * TILE_M];
     alignas(16) float b[TILE_K][TILE_N];
 };
 
 // Accumulates rows m0.. and columns n0.. of A[:, k_begin:k_end] * B[k_begin:k_end, :] into
-// `acc`. When `row_sum` is set, thread tx == 0 of each row also sums that row of A (the bias
-// gradient is the row sum of dy), reusing the staged tile instead of a second pass over dy.
-template <class Problem>
+// `acc`, row r of a thread's being its row ty + r * TILE_M. When `row_sum` is set, thread
+// tx == 0 also sums its rows of A (the bias gradient is the row sum of dy), reusing the
+// staged tile instead of a second pass over dy.
+template <int ROWS, class Problem>
 __device__ void gemm_tile(const Problem& p, Stage& stage, int m0, int n0, int k_begin, int k_end,
-                          float (&acc)[TILE_COLS], float* row_sum) {
-    float(&a_tile)[TILE_K][TILE_M] = stage.a;
-    float(&b_tile)[TILE_K][TILE_N] = stage.b;
+                          float (&acc)[ROWS][TILE_COLS], float (*row_sum)[ROWS]) {
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     // This thread's column of the B stage, the same at every step.
     const int nn = tid % TILE_N, n = n0 + nn;
@@ -179,25 +185,39 @@ __device__ void gemm_tile(const Problem& p, Stage& stage, int m0, int n0, int k_
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // Consecutive threads read consecutive k of A and consecutive columns of B: the
         // contiguous direction of W, dy and x in each problem.
-        {
-            const int kk = tid % TILE_K, mm = tid / TILE_K, k = k0 + kk, m = m0 + mm;
-            a_tile[kk][mm] = (k < k_end && m < p.m) ? p.a(m, k) : 0.0f;
+        for (int r = 0; r < ROWS; ++r) {
+            const int kk = tid % TILE_K, mm = tid / TILE_K + r * TILE_M, k = k0 + kk, m = m0 + mm;
+            stage.a[kk][mm] = (k < k_end && m < p.m) ? p.a(m, k) : 0.0f;
         }
         for (int i = 0; i < TILE_K * TILE_N / TILE_THREADS; ++i) {
             const int kk = tid / TILE_N + i * (TILE_THREADS / TILE_N), k = k0 + kk;
-            b_tile[kk][nn] = (k < k_end && n_inside) ? p.b(col, k) : 0.0f;
+            stage.b[kk][nn] = (k < k_end && n_inside) ? p.b(col, k) : 0.0f;
         }
         __syncthreads();
         for (int kk = 0; kk < TILE_K; ++kk) {
-            const float a = a_tile[kk][ty];
-            for (int j = 0; j < TILE_COLS; ++j) acc[j] += a * b_tile[kk][TILE_COLS * tx + j];
+            for (int r = 0; r < ROWS; ++r) {
+                const float a = stage.a[kk][ty + r * TILE_M];
+                for (int j = 0; j < TILE_COLS; ++j) acc[r][j] += a * stage.b[kk][TILE_COLS * tx + j];
+            }
         }
         if (row_sum && tx == 0) {
-            for (int kk = 0; kk < TILE_K; ++kk) *row_sum += a_tile[kk][ty];
+            for (int kk = 0; kk < TILE_K; ++kk) {
+                for (int r = 0; r < ROWS; ++r) (*row_sum)[r] += stage.a[kk][ty + r * TILE_M];
+            }
         }
         // The next iteration overwrites the tiles: wait until everyone is done reading.
         __syncthreads();
     }
+}
+
+// Output column j of this thread's tile columns.
+__device__ __forceinline__ int tile_col(int n0, int j) {
+    return n0 + TILE_COLS * (threadIdx.x % 16) + j;
+}
+
+// Output row r of this thread's tile rows.
+__device__ __forceinline__ int tile_row(int m0, int r) {
+    return m0 + threadIdx.x / 16 + r * TILE_M;
 }
 
 // This block's slice of the reduction: [k_begin, k_end) of `k` terms.
@@ -206,113 +226,120 @@ __device__ __forceinline__ void split_range(int k, int split_len, int& k_begin, 
     k_end = min(k_begin + split_len, k);
 }
 
-template <int SIDE>
+template <int SIDE, int ROWS>
 __device__ void forward(Stage& stage, const float* x, const float* w, const float* bias, float* y, int batch,
                         int c_in, int c_out, int height, int width, int kernel, int pad, int relu, int split_len) {
     const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int plane = g.h_out * g.w_out;
     const ForwardProblem<SIDE> p = {g, x, w, c_out, batch * plane, c_in * kernel * kernel};
-    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+    const int m0 = blockIdx.y * ROWS * TILE_M, n0 = blockIdx.x * TILE_N;
     int k_begin, k_end;
     split_range(p.k, split_len, k_begin, k_end);
-    float acc[TILE_COLS] = {};
-    gemm_tile(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
-    const int co = m0 + threadIdx.x / 16;
-    if (co >= c_out) return;
+    float acc[ROWS][TILE_COLS] = {};
+    gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
     float* out = y + (size_t)blockIdx.z * c_out * p.n;
-    const float b = blockIdx.z == 0 ? bias[co] : 0.0f;
-    for (int j = 0; j < TILE_COLS; ++j) {
-        const int n = n0 + TILE_COLS * (threadIdx.x % 16) + j;
-        if (n >= p.n) continue;
-        const float v = acc[j] + b;
-        out[(n / plane * c_out + co) * plane + n % plane] = relu ? fmaxf(v, 0.0f) : v;
+    for (int r = 0; r < ROWS; ++r) {
+        const int co = tile_row(m0, r);
+        if (co >= c_out) return;
+        const float b = blockIdx.z == 0 ? bias[co] : 0.0f;
+        for (int j = 0; j < TILE_COLS; ++j) {
+            const int n = tile_col(n0, j);
+            if (n >= p.n) continue;
+            const float v = acc[r][j] + b;
+            out[(n / plane * c_out + co) * plane + n % plane] = relu ? fmaxf(v, 0.0f) : v;
+        }
     }
 }
 
 // y = conv(x, W) + b, ReLU fused when `relu`: the epilogue writes each output exactly once.
 // Split (gridDim.z > 1), slice z of y's shape at y + z*|y| gets split z's partial sum, the
 // bias in slice 0 alone, and the host passes relu = 0 (sum_splits applies it).
-// Grid: (ceil(batch*h_out*w_out / TILE_N), ceil(c_out / TILE_M), splits), TILE_THREADS threads.
+// Grid: (ceil(batch*h_out*w_out / TILE_N), ceil(c_out / (rows*TILE_M)), splits), TILE_THREADS threads.
 extern "C" __global__ void conv2d_forward(const float* __restrict__ x, const float* __restrict__ w,
                                           const float* __restrict__ bias, float* __restrict__ y, int batch,
                                           int c_in, int c_out, int height, int width, int kernel, int pad,
-                                          int relu, int split_len) {
+                                          int relu, int split_len, int rows) {
     __shared__ Stage stage;
-#define FORWARD(SIDE) \
-    forward<SIDE>(stage, x, w, bias, y, batch, c_in, c_out, height, width, kernel, pad, relu, split_len)
-    WITH_SIDE(kernel, FORWARD)
+#define FORWARD(SIDE, ROWS) \
+    forward<SIDE, ROWS>(stage, x, w, bias, y, batch, c_in, c_out, height, width, kernel, pad, relu, split_len);
+    WITH_SIDE_ROWS(kernel, rows, FORWARD)
 #undef FORWARD
 }
 
-template <int SIDE>
+template <int SIDE, int ROWS>
 __device__ void backward_data(Stage& stage, const float* dy, const float* w, float* dx, int batch, int c_in,
                               int c_out, int height, int width, int kernel, int pad, int accumulate, int split_len) {
     const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int plane = height * width;
     const BackwardDataProblem<SIDE> p = {g, dy, w, c_in, batch * plane, c_out * kernel * kernel};
-    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+    const int m0 = blockIdx.y * ROWS * TILE_M, n0 = blockIdx.x * TILE_N;
     int k_begin, k_end;
     split_range(p.k, split_len, k_begin, k_end);
-    float acc[TILE_COLS] = {};
-    gemm_tile(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
-    const int ci = m0 + threadIdx.x / 16;
-    if (ci >= c_in) return;
+    float acc[ROWS][TILE_COLS] = {};
+    gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
     float* slice = dx + (size_t)blockIdx.z * c_in * p.n;
-    for (int j = 0; j < TILE_COLS; ++j) {
-        const int n = n0 + TILE_COLS * (threadIdx.x % 16) + j;
-        if (n >= p.n) continue;
-        float* out = slice + (n / plane * c_in + ci) * plane + n % plane;
-        *out = accumulate ? *out + acc[j] : acc[j];
+    for (int r = 0; r < ROWS; ++r) {
+        const int ci = tile_row(m0, r);
+        if (ci >= c_in) return;
+        for (int j = 0; j < TILE_COLS; ++j) {
+            const int n = tile_col(n0, j);
+            if (n >= p.n) continue;
+            float* out = slice + (n / plane * c_in + ci) * plane + n % plane;
+            *out = accumulate ? *out + acc[r][j] : acc[r][j];
+        }
     }
 }
 
 // dx (+)= conv_transpose(dy, W). Split, slice z of dx's shape at dx + z*|dx| gets split z's
 // partial sum and the host passes accumulate = 0 (sum_splits accumulates).
-// Grid: (ceil(batch*height*width / TILE_N), ceil(c_in / TILE_M), splits).
+// Grid: (ceil(batch*height*width / TILE_N), ceil(c_in / (rows*TILE_M)), splits).
 extern "C" __global__ void conv2d_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
                                                 float* __restrict__ dx, int batch, int c_in, int c_out,
                                                 int height, int width, int kernel, int pad, int accumulate,
-                                                int split_len) {
+                                                int split_len, int rows) {
     __shared__ Stage stage;
-#define BACKWARD_DATA(SIDE) \
-    backward_data<SIDE>(stage, dy, w, dx, batch, c_in, c_out, height, width, kernel, pad, accumulate, split_len)
-    WITH_SIDE(kernel, BACKWARD_DATA)
+#define BACKWARD_DATA(SIDE, ROWS) \
+    backward_data<SIDE, ROWS>(stage, dy, w, dx, batch, c_in, c_out, height, width, kernel, pad, accumulate, split_len);
+    WITH_SIDE_ROWS(kernel, rows, BACKWARD_DATA)
 #undef BACKWARD_DATA
 }
 
-template <int SIDE>
+template <int SIDE, int ROWS>
 __device__ void backward_filter(Stage& stage, const float* x, const float* dy, float* partials, int batch,
                                 int c_in, int c_out, int height, int width, int kernel, int pad, int split_len) {
     const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int patch = c_in * kernel * kernel, pixels = batch * g.h_out * g.w_out;
     const BackwardFilterProblem<SIDE> p = {g, x, dy, c_out, patch, pixels};
-    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+    const int m0 = blockIdx.y * ROWS * TILE_M, n0 = blockIdx.x * TILE_N;
     int k_begin, k_end;
     split_range(pixels, split_len, k_begin, k_end);
-    float acc[TILE_COLS] = {};
-    float bias_sum = 0.0f;
-    gemm_tile(p, stage, m0, n0, k_begin, k_end, acc, blockIdx.x == 0 ? &bias_sum : nullptr);
-    const int co = m0 + threadIdx.x / 16;
-    if (co >= c_out) return;
+    float acc[ROWS][TILE_COLS] = {};
+    float bias_sums[ROWS] = {};
+    gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, blockIdx.x == 0 ? &bias_sums : nullptr);
     float* partial = partials + (size_t)blockIdx.z * (c_out * patch + c_out);
-    for (int j = 0; j < TILE_COLS; ++j) {
-        const int n = n0 + TILE_COLS * (threadIdx.x % 16) + j;
-        if (n < patch) partial[co * patch + n] = acc[j];
+    for (int r = 0; r < ROWS; ++r) {
+        const int co = tile_row(m0, r);
+        if (co >= c_out) return;
+        for (int j = 0; j < TILE_COLS; ++j) {
+            const int n = tile_col(n0, j);
+            if (n < patch) partial[co * patch + n] = acc[r][j];
+        }
+        if (blockIdx.x == 0 && threadIdx.x % 16 == 0) partial[c_out * patch + co] = bias_sums[r];
     }
-    if (blockIdx.x == 0 && threadIdx.x % 16 == 0) partial[c_out * patch + co] = bias_sum;
 }
 
 // Weight and bias gradient, [dW | db]: the reduction (batch x output plane, up to ~37k
 // terms) is much longer than the output (c_out x c_in*kk, a few thousand), so it is split
 // nearly always; slice z of `partials` gets split z's [dW | db].
-// Grid: (ceil(c_in*kk / TILE_N), ceil(c_out / TILE_M), splits).
+// Grid: (ceil(c_in*kk / TILE_N), ceil(c_out / (rows*TILE_M)), splits).
 extern "C" __global__ void conv2d_backward_filter(const float* __restrict__ x, const float* __restrict__ dy,
                                                   float* __restrict__ partials, int batch, int c_in, int c_out,
-                                                  int height, int width, int kernel, int pad, int split_len) {
+                                                  int height, int width, int kernel, int pad, int split_len,
+                                                  int rows) {
     __shared__ Stage stage;
-#define BACKWARD_FILTER(SIDE) \
-    backward_filter<SIDE>(stage, x, dy, partials, batch, c_in, c_out, height, width, kernel, pad, split_len)
-    WITH_SIDE(kernel, BACKWARD_FILTER)
+#define BACKWARD_FILTER(SIDE, ROWS) \
+    backward_filter<SIDE, ROWS>(stage, x, dy, partials, batch, c_in, c_out, height, width, kernel, pad, split_len);
+    WITH_SIDE_ROWS(kernel, rows, BACKWARD_FILTER)
 #undef BACKWARD_FILTER
 }
 

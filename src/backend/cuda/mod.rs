@@ -33,7 +33,7 @@ use crate::augment::Augmentation;
 use crate::data::IMAGE_SIDE;
 pub use device::{Arg, DevPtr, Device, Gemm, KernelCall, Launch};
 use kernels as k;
-use tiles::{TILE_K, TILE_M, TILE_N, TILE_THREADS};
+use tiles::{MAX_THREAD_ROWS, TILE_K, TILE_M, TILE_N, TILE_THREADS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -139,6 +139,17 @@ pub struct CudaBackend<D: Device> {
 
 fn blocks(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).max(1) as u32
+}
+
+/// Rows per thread of a conv product with `m` output rows: all the row groups a thread can
+/// take when `m` fills more than one, so that each staged element of B (the costly one to
+/// load: an im2col element, with its index arithmetic and bounds) serves twice the rows.
+fn thread_rows(m: usize) -> usize {
+    if m > TILE_M {
+        MAX_THREAD_ROWS
+    } else {
+        1
+    }
 }
 
 /// How a conv launch splits its reduction of `len` terms: `count` slices of `len` terms each
@@ -441,7 +452,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         y: &mut Self::Buf,
         relu: bool,
     ) {
-        let tiles = [blocks(s.batch * s.h_out() * s.w_out(), TILE_N), blocks(s.c_out, TILE_M)];
+        let rows = thread_rows(s.c_out);
+        let tiles = [blocks(s.batch * s.h_out() * s.w_out(), TILE_N), blocks(s.c_out, rows * TILE_M)];
         let split = split_k(tiles, s.c_in * s.kernel * s.kernel);
         let out = self.split_output(split, s.out_len(), y.ptr());
         let (w, bias) = (params.at(slot.offset), params.at(slot.bias().start));
@@ -461,6 +473,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             pad,
             fused_relu,
             dim(split.len),
+            dim(rows),
         );
         self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
         self.sum_splits(split, out, y.ptr(), s.out_len(), false, relu);
@@ -475,7 +488,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         dx: &mut Self::Buf,
         accumulate: bool,
     ) {
-        let tiles = [blocks(s.batch * s.height * s.width, TILE_N), blocks(s.c_in, TILE_M)];
+        let rows = thread_rows(s.c_in);
+        let tiles = [blocks(s.batch * s.height * s.width, TILE_N), blocks(s.c_in, rows * TILE_M)];
         let split = split_k(tiles, s.c_out * s.kernel * s.kernel);
         let out = self.split_output(split, s.in_len(), dx.ptr());
         let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
@@ -493,6 +507,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             pad,
             flag(accumulate && split.count == 1),
             dim(split.len),
+            dim(rows),
         );
         self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
         self.sum_splits(split, out, dx.ptr(), s.in_len(), accumulate, false);
@@ -506,7 +521,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         grads: &mut Self::Buf,
         slot: ParamSlot,
     ) {
-        let tiles = [blocks(s.patch(), TILE_N), blocks(s.c_out, TILE_M)];
+        let rows = thread_rows(s.c_out);
+        let tiles = [blocks(s.patch(), TILE_N), blocks(s.c_out, rows * TILE_M)];
         let split = split_k(tiles, s.batch * s.h_out() * s.w_out());
         // A slice is [dW | db], the slot's own layout.
         let out = self.split_output(split, slot.len(), grads.at(slot.offset));
@@ -523,6 +539,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             kernel,
             pad,
             dim(split.len),
+            dim(rows),
         );
         self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
         self.sum_splits(split, out, grads.at(slot.offset), slot.len(), false, false);
