@@ -43,8 +43,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_model import (GPU_TORCH_MODES, LR, MOMENTUM, REPO_ROOT, TORCH_MODES, Net, VariantNet, add_mnist_dir_argument, in_mode,
-                             load_mnist, memory_format, normalize)
+from reference_model import (GPU_TORCH_MODES, LR, MOMENTUM, REPO_ROOT, TORCH_MODES, Net, VariantNet,
+                             add_mnist_dir_argument, in_mode, load_mnist, memory_format, normalize)
 
 BATCH = 64
 PHASE_KEYS = ("train_images_per_s", "eval_images_per_s")
