@@ -210,14 +210,24 @@ __device__ void gemm_tile(const Problem& p, Stage& stage, int m0, int n0, int k_
     }
 }
 
-// Output column j of this thread's tile columns.
-__device__ __forceinline__ int tile_col(int n0, int j) {
-    return n0 + TILE_COLS * (threadIdx.x % 16) + j;
-}
-
-// Output row r of this thread's tile rows.
+// Row r of this thread's rows in the tile at row m0.
 __device__ __forceinline__ int tile_row(int m0, int r) {
     return m0 + threadIdx.x / 16 + r * TILE_M;
+}
+
+// Calls out(row, column, value) for each of this thread's accumulated outputs that lies
+// inside the m x n product.
+template <int ROWS, class Out>
+__device__ __forceinline__ void each_output(const float (&acc)[ROWS][TILE_COLS], int m0, int n0, int m, int n,
+                                            Out out) {
+    for (int r = 0; r < ROWS; ++r) {
+        const int row = tile_row(m0, r);
+        if (row >= m) return;
+        for (int j = 0; j < TILE_COLS; ++j) {
+            const int col = n0 + TILE_COLS * (threadIdx.x % 16) + j;
+            if (col < n) out(row, col, acc[r][j]);
+        }
+    }
 }
 
 // This block's slice of the reduction: [k_begin, k_end) of `k` terms.
@@ -237,18 +247,11 @@ __device__ void forward(Stage& stage, const float* x, const float* w, const floa
     split_range(p.k, split_len, k_begin, k_end);
     float acc[ROWS][TILE_COLS] = {};
     gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
-    float* out = y + (size_t)blockIdx.z * c_out * p.n;
-    for (int r = 0; r < ROWS; ++r) {
-        const int co = tile_row(m0, r);
-        if (co >= c_out) return;
-        const float b = blockIdx.z == 0 ? bias[co] : 0.0f;
-        for (int j = 0; j < TILE_COLS; ++j) {
-            const int n = tile_col(n0, j);
-            if (n >= p.n) continue;
-            const float v = acc[r][j] + b;
-            out[(n / plane * c_out + co) * plane + n % plane] = relu ? fmaxf(v, 0.0f) : v;
-        }
-    }
+    float* slice = y + (size_t)blockIdx.z * c_out * p.n;
+    each_output(acc, m0, n0, p.m, p.n, [&](int co, int n, float v) {
+        v += blockIdx.z == 0 ? bias[co] : 0.0f;
+        slice[(n / plane * c_out + co) * plane + n % plane] = relu ? fmaxf(v, 0.0f) : v;
+    });
 }
 
 // y = conv(x, W) + b, ReLU fused when `relu`: the epilogue writes each output exactly once.
@@ -278,16 +281,10 @@ __device__ void backward_data(Stage& stage, const float* dy, const float* w, flo
     float acc[ROWS][TILE_COLS] = {};
     gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
     float* slice = dx + (size_t)blockIdx.z * c_in * p.n;
-    for (int r = 0; r < ROWS; ++r) {
-        const int ci = tile_row(m0, r);
-        if (ci >= c_in) return;
-        for (int j = 0; j < TILE_COLS; ++j) {
-            const int n = tile_col(n0, j);
-            if (n >= p.n) continue;
-            float* out = slice + (n / plane * c_in + ci) * plane + n % plane;
-            *out = accumulate ? *out + acc[r][j] : acc[r][j];
-        }
-    }
+    each_output(acc, m0, n0, p.m, p.n, [&](int ci, int n, float v) {
+        float* out = slice + (n / plane * c_in + ci) * plane + n % plane;
+        *out = accumulate ? *out + v : v;
+    });
 }
 
 // dx (+)= conv_transpose(dy, W). Split, slice z of dx's shape at dx + z*|dx| gets split z's
@@ -317,14 +314,12 @@ __device__ void backward_filter(Stage& stage, const float* x, const float* dy, f
     float bias_sums[ROWS] = {};
     gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, blockIdx.x == 0 ? &bias_sums : nullptr);
     float* partial = partials + (size_t)blockIdx.z * (c_out * patch + c_out);
-    for (int r = 0; r < ROWS; ++r) {
-        const int co = tile_row(m0, r);
-        if (co >= c_out) return;
-        for (int j = 0; j < TILE_COLS; ++j) {
-            const int n = tile_col(n0, j);
-            if (n < patch) partial[co * patch + n] = acc[r][j];
+    each_output(acc, m0, n0, p.m, p.n, [&](int co, int n, float v) { partial[co * patch + n] = v; });
+    if (blockIdx.x == 0 && threadIdx.x % 16 == 0) {
+        for (int r = 0; r < ROWS; ++r) {
+            const int co = tile_row(m0, r);
+            if (co < c_out) partial[c_out * patch + co] = bias_sums[r];
         }
-        if (blockIdx.x == 0 && threadIdx.x % 16 == 0) partial[c_out * patch + co] = bias_sums[r];
     }
 }
 

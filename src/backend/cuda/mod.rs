@@ -152,6 +152,14 @@ fn thread_rows(m: usize) -> usize {
     }
 }
 
+/// A conv kernel's implicit GEMM: `m` × `n` outputs, each a sum of `k` products.
+#[derive(Clone, Copy)]
+struct ConvProduct {
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
 /// How a conv launch splits its reduction of `len` terms: `count` slices of `len` terms each
 /// (the last one shorter), whole tile steps long.
 #[derive(Clone, Copy)]
@@ -249,11 +257,6 @@ impl<D: Device> CudaBackend<D> {
         self.launch(call, [grid, 1, 1], THREADS, 0);
     }
 
-    /// A conv kernel over a grid of tiles.
-    fn launch_tiles(&self, call: KernelCall, grid: [u32; 3]) {
-        self.launch(call, grid, TILE_THREADS as u32, 0);
-    }
-
     /// The split-K partials buffer, grown to at least `len` floats; returns its address.
     /// Growing frees the old buffer, which captured graphs may still write: they are
     /// dropped, to be captured again.
@@ -268,27 +271,34 @@ impl<D: Device> CudaBackend<D> {
         partials.as_ref().map(DevBuf::ptr).expect("allocated above")
     }
 
-    /// Where a conv launch split `split.count` ways writes its `len` outputs: `out` itself
-    /// when unsplit, else the partials buffer, one slice of `len` per split.
-    fn split_output(&self, split: SplitK, len: usize, out: DevPtr) -> DevPtr {
-        if split.count == 1 {
-            out
-        } else {
-            self.partials(split.count * len)
+    /// One conv kernel launch over `product`, whose `len` outputs go to `out`: chooses the
+    /// rows per thread and the split of the reduction, launches `call(output, unsplit,
+    /// split_len, rows)`, and when split, adds the slices it wrote to the partials buffer
+    /// into `out`, adding to what `out` held when `accumulate` and applying ReLU when `relu`
+    /// (which the kernel does itself when unsplit).
+    fn conv_product(
+        &self,
+        product: ConvProduct,
+        out: DevPtr,
+        len: usize,
+        accumulate: bool,
+        relu: bool,
+        call: impl FnOnce(DevPtr, bool, i32, i32) -> KernelCall,
+    ) {
+        let rows = thread_rows(product.m);
+        let tiles = [blocks(product.n, TILE_N), blocks(product.m, rows * TILE_M)];
+        let split = split_k(tiles, product.k);
+        let unsplit = split.count == 1;
+        let output = if unsplit { out } else { self.partials(split.count * len) };
+        let grid = [tiles[0], tiles[1], uint(split.count)];
+        self.launch(call(output, unsplit, dim(split.len), dim(rows)), grid, TILE_THREADS as u32, 0);
+        if !unsplit {
+            // The largest power of two up to the split count: the kernel's lanes divide the block.
+            let lanes = 1 << split.count.min(MAX_SUM_LANES).ilog2();
+            let grid = blocks(len, THREADS as usize / lanes).min(MAX_BLOCKS as u32);
+            let sum = k::sum_splits(output, out, dim(split.count), dim(len), dim(lanes), flag(accumulate), flag(relu));
+            self.launch(sum, [grid, 1, 1], THREADS, THREADS * size_of::<f32>() as u32);
         }
-    }
-
-    /// `out = act(Σ slices of partials (+ out))` after a split conv launch; nothing when
-    /// unsplit, since the conv kernel then wrote `out` with its own epilogue.
-    fn sum_splits(&self, split: SplitK, partials: DevPtr, out: DevPtr, len: usize, accumulate: bool, relu: bool) {
-        if split.count == 1 {
-            return;
-        }
-        // The largest power of two up to the split count: the kernel's lanes divide the block.
-        let lanes = 1 << split.count.min(MAX_SUM_LANES).ilog2();
-        let grid = blocks(len, THREADS as usize / lanes).min(MAX_BLOCKS as u32);
-        let call = k::sum_splits(partials, out, dim(split.count), dim(len), dim(lanes), flag(accumulate), flag(relu));
-        self.launch(call, [grid, 1, 1], THREADS, THREADS * size_of::<f32>() as u32);
     }
 
     fn replay_or_capture(&self, cache: &RefCell<GraphCache<D::Graph>>, key: StepKey, step: &mut dyn FnMut()) {
@@ -452,31 +462,28 @@ impl<D: Device> Backend for CudaBackend<D> {
         y: &mut Self::Buf,
         relu: bool,
     ) {
-        let rows = thread_rows(s.c_out);
-        let tiles = [blocks(s.batch * s.h_out() * s.w_out(), TILE_N), blocks(s.c_out, rows * TILE_M)];
-        let split = split_k(tiles, s.c_in * s.kernel * s.kernel);
-        let out = self.split_output(split, s.out_len(), y.ptr());
         let (w, bias) = (params.at(slot.offset), params.at(slot.bias().start));
         let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
-        let fused_relu = flag(relu && split.count == 1);
-        let call = k::conv2d_forward(
-            x.ptr(),
-            w,
-            bias,
-            out,
-            batch,
-            c_in,
-            c_out,
-            height,
-            width,
-            kernel,
-            pad,
-            fused_relu,
-            dim(split.len),
-            dim(rows),
-        );
-        self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
-        self.sum_splits(split, out, y.ptr(), s.out_len(), false, relu);
+        let product = ConvProduct { m: s.c_out, n: s.batch * s.h_out() * s.w_out(), k: s.c_in * s.kernel * s.kernel };
+        self.conv_product(product, y.ptr(), s.out_len(), false, relu, |out, unsplit, split_len, rows| {
+            let relu = flag(relu && unsplit);
+            k::conv2d_forward(
+                x.ptr(),
+                w,
+                bias,
+                out,
+                batch,
+                c_in,
+                c_out,
+                height,
+                width,
+                kernel,
+                pad,
+                relu,
+                split_len,
+                rows,
+            )
+        });
     }
 
     fn conv2d_backward_data(
@@ -488,29 +495,27 @@ impl<D: Device> Backend for CudaBackend<D> {
         dx: &mut Self::Buf,
         accumulate: bool,
     ) {
-        let rows = thread_rows(s.c_in);
-        let tiles = [blocks(s.batch * s.height * s.width, TILE_N), blocks(s.c_in, rows * TILE_M)];
-        let split = split_k(tiles, s.c_out * s.kernel * s.kernel);
-        let out = self.split_output(split, s.in_len(), dx.ptr());
-        let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
         let w = params.at(slot.offset);
-        let call = k::conv2d_backward_data(
-            dy.ptr(),
-            w,
-            out,
-            batch,
-            c_in,
-            c_out,
-            height,
-            width,
-            kernel,
-            pad,
-            flag(accumulate && split.count == 1),
-            dim(split.len),
-            dim(rows),
-        );
-        self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
-        self.sum_splits(split, out, dx.ptr(), s.in_len(), accumulate, false);
+        let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
+        let product = ConvProduct { m: s.c_in, n: s.batch * s.height * s.width, k: s.c_out * s.kernel * s.kernel };
+        self.conv_product(product, dx.ptr(), s.in_len(), accumulate, false, |out, unsplit, split_len, rows| {
+            let accumulate = flag(accumulate && unsplit);
+            k::conv2d_backward_data(
+                dy.ptr(),
+                w,
+                out,
+                batch,
+                c_in,
+                c_out,
+                height,
+                width,
+                kernel,
+                pad,
+                accumulate,
+                split_len,
+                rows,
+            )
+        });
     }
 
     fn conv2d_backward_params(
@@ -521,28 +526,25 @@ impl<D: Device> Backend for CudaBackend<D> {
         grads: &mut Self::Buf,
         slot: ParamSlot,
     ) {
-        let rows = thread_rows(s.c_out);
-        let tiles = [blocks(s.patch(), TILE_N), blocks(s.c_out, rows * TILE_M)];
-        let split = split_k(tiles, s.batch * s.h_out() * s.w_out());
-        // A slice is [dW | db], the slot's own layout.
-        let out = self.split_output(split, slot.len(), grads.at(slot.offset));
         let [batch, c_in, c_out, height, width, kernel, pad] = conv_dims(s);
-        let call = k::conv2d_backward_filter(
-            x.ptr(),
-            dy.ptr(),
-            out,
-            batch,
-            c_in,
-            c_out,
-            height,
-            width,
-            kernel,
-            pad,
-            dim(split.len),
-            dim(rows),
-        );
-        self.launch_tiles(call, [tiles[0], tiles[1], uint(split.count)]);
-        self.sum_splits(split, out, grads.at(slot.offset), slot.len(), false, false);
+        let product = ConvProduct { m: s.c_out, n: s.patch(), k: s.batch * s.h_out() * s.w_out() };
+        // The kernel writes [dW | db], the slot's own layout.
+        self.conv_product(product, grads.at(slot.offset), slot.len(), false, false, |out, _, split_len, rows| {
+            k::conv2d_backward_filter(
+                x.ptr(),
+                dy.ptr(),
+                out,
+                batch,
+                c_in,
+                c_out,
+                height,
+                width,
+                kernel,
+                pad,
+                split_len,
+                rows,
+            )
+        });
     }
 
     fn relu_backward(&self, len: usize, y: &Self::Buf, dy: &mut Self::Buf) {
