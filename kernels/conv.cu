@@ -230,10 +230,20 @@ __device__ __forceinline__ void each_output(const float (&acc)[ROWS][TILE_COLS],
     }
 }
 
-// This block's slice of the reduction: [k_begin, k_end) of `k` terms.
-__device__ __forceinline__ void split_range(int k, int split_len, int& k_begin, int& k_end) {
-    k_begin = blockIdx.z * split_len;
-    k_end = min(k_begin + split_len, k);
+// The first row and column of a block's tile.
+struct Corner {
+    int m0, n0;
+};
+
+// Runs gemm_tile over this block's tile, (blockIdx.y, blockIdx.x), and its slice of the
+// reduction, the `split_len` terms from blockIdx.z * split_len.
+template <int ROWS, class Problem>
+__device__ __forceinline__ Corner block_tile(const Problem& p, Stage& stage, int split_len,
+                                             float (&acc)[ROWS][TILE_COLS], float (*row_sum)[ROWS]) {
+    const Corner c = {(int)blockIdx.y * ROWS * TILE_M, (int)blockIdx.x * TILE_N};
+    const int k_begin = blockIdx.z * split_len;
+    gemm_tile<ROWS>(p, stage, c.m0, c.n0, k_begin, min(k_begin + split_len, p.k), acc, row_sum);
+    return c;
 }
 
 template <int SIDE, int ROWS>
@@ -242,13 +252,10 @@ __device__ void forward(Stage& stage, const float* x, const float* w, const floa
     const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int plane = g.h_out * g.w_out;
     const ForwardProblem<SIDE> p = {g, x, w, c_out, batch * plane, c_in * kernel * kernel};
-    const int m0 = blockIdx.y * ROWS * TILE_M, n0 = blockIdx.x * TILE_N;
-    int k_begin, k_end;
-    split_range(p.k, split_len, k_begin, k_end);
     float acc[ROWS][TILE_COLS] = {};
-    gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
+    const Corner c = block_tile<ROWS>(p, stage, split_len, acc, nullptr);
     float* slice = y + (size_t)blockIdx.z * c_out * p.n;
-    each_output(acc, m0, n0, p.m, p.n, [&](int co, int n, float v) {
+    each_output(acc, c.m0, c.n0, p.m, p.n, [&](int co, int n, float v) {
         v += blockIdx.z == 0 ? bias[co] : 0.0f;
         slice[(n / plane * c_out + co) * plane + n % plane] = relu ? fmaxf(v, 0.0f) : v;
     });
@@ -275,13 +282,10 @@ __device__ void backward_data(Stage& stage, const float* dy, const float* w, flo
     const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int plane = height * width;
     const BackwardDataProblem<SIDE> p = {g, dy, w, c_in, batch * plane, c_out * kernel * kernel};
-    const int m0 = blockIdx.y * ROWS * TILE_M, n0 = blockIdx.x * TILE_N;
-    int k_begin, k_end;
-    split_range(p.k, split_len, k_begin, k_end);
     float acc[ROWS][TILE_COLS] = {};
-    gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, nullptr);
+    const Corner c = block_tile<ROWS>(p, stage, split_len, acc, nullptr);
     float* slice = dx + (size_t)blockIdx.z * c_in * p.n;
-    each_output(acc, m0, n0, p.m, p.n, [&](int ci, int n, float v) {
+    each_output(acc, c.m0, c.n0, p.m, p.n, [&](int ci, int n, float v) {
         float* out = slice + (n / plane * c_in + ci) * plane + n % plane;
         *out = accumulate ? *out + v : v;
     });
@@ -307,17 +311,14 @@ __device__ void backward_filter(Stage& stage, const float* x, const float* dy, f
     const ConvGeom<SIDE> g = make_geom<SIDE>(batch, c_in, c_out, height, width, kernel, pad);
     const int patch = c_in * kernel * kernel, pixels = batch * g.h_out * g.w_out;
     const BackwardFilterProblem<SIDE> p = {g, x, dy, c_out, patch, pixels};
-    const int m0 = blockIdx.y * ROWS * TILE_M, n0 = blockIdx.x * TILE_N;
-    int k_begin, k_end;
-    split_range(pixels, split_len, k_begin, k_end);
     float acc[ROWS][TILE_COLS] = {};
     float bias_sums[ROWS] = {};
-    gemm_tile<ROWS>(p, stage, m0, n0, k_begin, k_end, acc, blockIdx.x == 0 ? &bias_sums : nullptr);
+    const Corner c = block_tile<ROWS>(p, stage, split_len, acc, blockIdx.x == 0 ? &bias_sums : nullptr);
     float* partial = partials + (size_t)blockIdx.z * (c_out * patch + c_out);
-    each_output(acc, m0, n0, p.m, p.n, [&](int co, int n, float v) { partial[co * patch + n] = v; });
+    each_output(acc, c.m0, c.n0, p.m, p.n, [&](int co, int n, float v) { partial[co * patch + n] = v; });
     if (blockIdx.x == 0 && threadIdx.x % 16 == 0) {
         for (int r = 0; r < ROWS; ++r) {
-            const int co = tile_row(m0, r);
+            const int co = tile_row(c.m0, r);
             if (co < c_out) partial[c_out * patch + co] = bias_sums[r];
         }
     }
