@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with an NVIDIA GPU and no Rust toolchain, from the repository
 # root, with device-bin/ built by scripts/build_device_bin.sh. In this order, each step with
-# its own time limit so that the whole stays under 8 minutes: nvidia-smi and the card's two
-# ceilings (FP32 sgemm, device-to-device copy); `bench --device cuda`; the GPU tests
-# (tests/cuda_device.rs: every op against the CPU, sgemm, graph replay, every block variant,
-# a 1-epoch run to 98 %); a 20-epoch run and a --recipe fast run with their wall times; each
+# its own time limit (the whole took 3½ minutes on an H200; 12 at most): nvidia-smi and the
+# card's two ceilings (FP32 sgemm, device-to-device copy); `bench --device cuda` at batch 64
+# and 1024; the GPU tests (tests/cuda_device.rs: every op against the CPU, sgemm, graph
+# replay, every block variant, a 1-epoch run against the CPU's accuracy and one of the fast
+# recipe to 99 %); a 20-epoch run and a --recipe fast run with their wall times; each
 # kernel's time in a few training steps and an eval pass (Nsight Compute, where it works);
 # scripts/bench_vs_pytorch.py --device cuda when torch is there. A short table comes last.
 # What it prints goes to $OUT/log.txt (or ./gpu-check-out), beside the few long outputs
