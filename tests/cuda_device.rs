@@ -117,6 +117,7 @@ fn training_steps_match_cpu_with_and_without_graphs() {
     ops::training_steps_match_cpu_with_and_without_graphs(&open);
     ops::every_block_variant_trains_like_cpu(&open);
     ops::a_reused_backend_forgets_the_graphs_of_the_last_model(&open);
+    ops::a_grown_partials_buffer_drops_the_captured_graphs(&open);
     ops::a_one_cycle_adamw_run_captures_one_graph(&open);
 }
 

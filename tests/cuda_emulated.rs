@@ -73,6 +73,11 @@ fn a_reused_backend_forgets_the_graphs_of_the_last_model() {
 }
 
 #[test]
+fn a_grown_partials_buffer_drops_the_captured_graphs() {
+    ops::a_grown_partials_buffer_drops_the_captured_graphs(&emulated);
+}
+
+#[test]
 fn the_start_up_self_test_passes() {
     emulated(false).self_test().expect("self test");
 }

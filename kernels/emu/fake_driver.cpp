@@ -239,6 +239,23 @@ bool in_device_memory(const void* address, std::size_t bytes) {
     return allocation_of(reinterpret_cast<CUdeviceptr>(address), bytes) != nullptr;
 }
 
+// Reports the first pointer argument of a kernel launch that lies in no live allocation:
+// checked at the launch, and again at each replay of a graph that holds it, since the
+// memory may have been freed after the capture.
+CUresult check_pointers(const char* call, const Op& op) {
+    const emu::KernelEntry& kernel = *op.kernel;
+    for (std::size_t i = 0; i < kernel.params.count; ++i) {
+        if (!kernel.params.pointers[i]) continue;
+        CUdeviceptr address = 0;
+        std::memcpy(&address, op.args[i].data(), sizeof address);
+        if (!allocation_of(address, 0)) {
+            return report(CUDA_ERROR_ILLEGAL_ADDRESS, "%s(%s): parameter %zu is 0x%llx, which is not in any "
+                          "allocation", call, kernel.name, i, address);
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
 void run(const Op& op) {
     Driver& d = driver();
     switch (op.kind) {
@@ -708,14 +725,8 @@ API CUresult cuLaunchKernel(void* function, unsigned int gx, unsigned int gy, un
     for (std::size_t i = 0; i < kernel.params.count; ++i) {
         const auto* bytes = static_cast<const unsigned char*>(params[i]);
         op.args.emplace_back(bytes, bytes + kernel.params.sizes[i]);
-        if (!kernel.params.pointers[i]) continue;
-        CUdeviceptr address = 0;
-        std::memcpy(&address, bytes, sizeof address);
-        if (!allocation_of(address, 0)) {
-            return report(CUDA_ERROR_ILLEGAL_ADDRESS, "cuLaunchKernel(%s): parameter %zu is 0x%llx, which is not in "
-                          "any allocation", kernel.name, i, address);
-        }
     }
+    if (CUresult r = check_pointers("cuLaunchKernel", op)) return r;
     return enqueue(stream, std::move(op));
 }
 
@@ -791,6 +802,10 @@ API CUresult cuGraphLaunch(void* exec, void* stream) {
     if (!s) return CUDA_ERROR_INVALID_HANDLE;
     if (s->capture != CAPTURE_NONE) {
         return report(CUDA_ERROR_NOT_SUPPORTED, "cuGraphLaunch into a capturing stream is not implemented");
+    }
+    for (const Op& op : it->second->ops) {
+        if (op.kind != Op::Kind::Launch) continue;
+        if (CUresult r = check_pointers("cuGraphLaunch", op)) return r;
     }
     for (const Op& op : it->second->ops) {
         run(op);
