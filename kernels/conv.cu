@@ -59,7 +59,11 @@ __device__ __forceinline__ ConvGeom<SIDE> make_geom(int batch, int c_in, int c_o
         case 5 * 4 + 1: LAUNCH(5, 1); break;          \
         case 5 * 4 + 2: LAUNCH(5, 2); break;          \
         default:                                      \
-            if (rows == 1) LAUNCH(0, 1) else LAUNCH(0, 2); \
+            if (rows == 1) {                          \
+                LAUNCH(0, 1);                         \
+            } else {                                  \
+                LAUNCH(0, 2);                         \
+            }                                         \
     }
 
 // A filter tap index t = (c, ky, kx), c the channel: with SIDE fixed, its divisions are by
@@ -271,7 +275,7 @@ extern "C" __global__ void conv2d_forward(const float* __restrict__ x, const flo
                                           int relu, int split_len, int rows) {
     __shared__ Stage stage;
 #define FORWARD(SIDE, ROWS) \
-    forward<SIDE, ROWS>(stage, x, w, bias, y, batch, c_in, c_out, height, width, kernel, pad, relu, split_len);
+    forward<SIDE, ROWS>(stage, x, w, bias, y, batch, c_in, c_out, height, width, kernel, pad, relu, split_len)
     WITH_SIDE_ROWS(kernel, rows, FORWARD)
 #undef FORWARD
 }
@@ -300,7 +304,7 @@ extern "C" __global__ void conv2d_backward_data(const float* __restrict__ dy, co
                                                 int split_len, int rows) {
     __shared__ Stage stage;
 #define BACKWARD_DATA(SIDE, ROWS) \
-    backward_data<SIDE, ROWS>(stage, dy, w, dx, batch, c_in, c_out, height, width, kernel, pad, accumulate, split_len);
+    backward_data<SIDE, ROWS>(stage, dy, w, dx, batch, c_in, c_out, height, width, kernel, pad, accumulate, split_len)
     WITH_SIDE_ROWS(kernel, rows, BACKWARD_DATA)
 #undef BACKWARD_DATA
 }
@@ -334,7 +338,7 @@ extern "C" __global__ void conv2d_backward_filter(const float* __restrict__ x, c
                                                   int rows) {
     __shared__ Stage stage;
 #define BACKWARD_FILTER(SIDE, ROWS) \
-    backward_filter<SIDE, ROWS>(stage, x, dy, partials, batch, c_in, c_out, height, width, kernel, pad, split_len);
+    backward_filter<SIDE, ROWS>(stage, x, dy, partials, batch, c_in, c_out, height, width, kernel, pad, split_len)
     WITH_SIDE_ROWS(kernel, rows, BACKWARD_FILTER)
 #undef BACKWARD_FILTER
 }

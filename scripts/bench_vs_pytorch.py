@@ -96,23 +96,29 @@ print(2 * 2048 ** 3 / min(times) / 1e9)
 """
 
 
+def cuda_median_seconds(f, warmup=3, repeats=10):
+    """The median time of `f()` on the GPU over `repeats` runs after `warmup`, timed with events."""
+    times = []
+    for i in range(warmup + repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        f()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def gpu_sgemm_gflops():
-    """The GPU's FP32 matmul rate (TF32 off), 8192^3, median of 10 timed with events, in GFLOP/s.
-    PyTorch's own setting is restored after: its side runs with its defaults."""
+    """The GPU's FP32 matmul rate (TF32 off), 8192^3, median of 10, in GFLOP/s. PyTorch's own
+    setting is restored after: its side runs with its defaults."""
     default_tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     a, b = (torch.rand(8192, 8192, device="cuda", generator=torch.Generator("cuda").manual_seed(i))
             for i in range(2))
-    times = []
-    for i in range(13):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        if i >= 3:
-            times.append(start.elapsed_time(end) / 1e3)
+    seconds = cuda_median_seconds(lambda: a @ b)
     torch.backends.cuda.matmul.allow_tf32 = default_tf32
-    return 2 * 8192 ** 3 / statistics.median(times) / 1e9
+    return 2 * 8192 ** 3 / seconds / 1e9
 
 
 def sgemm_gflops(args):
@@ -256,8 +262,9 @@ def bench(args):
     for _ in range(args.repeats):
         r, ours = {}, [run_ours(args)] if with_ours else []
         for mode in modes:
-            side = torch_sides.get(mode) or torch_sides.setdefault(mode, TorchBench(args, mode))
-            r[mode] = side.run()
+            if mode not in torch_sides:
+                torch_sides[mode] = TorchBench(args, mode)
+            r[mode] = torch_sides[mode].run()
             progress(len(rounds), f"torch {mode}", r[mode])
             if with_ours:
                 ours.append(run_ours(args))

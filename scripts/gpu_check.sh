@@ -38,18 +38,13 @@ row "libraries" "${GPU_LIBDIRS:-none found}"
 step "the card's ceilings (torch)"
 if have_torch; then
     timeout 60 python3 - >"$work/ceilings.txt" 2>&1 <<'PY'
-import statistics, torch
-torch.backends.cuda.matmul.allow_tf32 = False
-def median_ms(f, n=10):
-    f(); f(); times = []
-    for _ in range(n):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); f(); e.record(); e.synchronize(); times.append(s.elapsed_time(e))
-    return statistics.median(times)
-a, b = torch.rand(8192, 8192, device="cuda"), torch.rand(8192, 8192, device="cuda")
-print(f"sgemm FP32 (TF32 off) 8192^3: {2 * 8192 ** 3 / median_ms(lambda: a @ b) / 1e9:.0f} TFLOP/s")
+import sys, torch
+sys.path.insert(0, "scripts")
+from bench_vs_pytorch import cuda_median_seconds, gpu_sgemm_gflops
+print(f"sgemm FP32 (TF32 off) 8192^3: {gpu_sgemm_gflops() / 1e3:.0f} TFLOP/s")
 src = torch.rand(2 ** 30, device="cuda"); dst = torch.empty_like(src)
-print(f"device copy 4 GiB: {2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e9:.2f} TB/s (read + write)")
+seconds = cuda_median_seconds(lambda: dst.copy_(src))
+print(f"device copy 4 GiB: {2 * src.numel() * 4 / seconds / 1e12:.2f} TB/s (read + write)")
 PY
     cat "$work/ceilings.txt"
     row "ceilings" "$(paste -sd';' "$work/ceilings.txt")"
