@@ -70,6 +70,12 @@ fn conv_shapes() -> Vec<ConvShape> {
         conv(1, 7, 16, 9, 11, 3, 2),
         conv(2, 32, 16, 5, 3, 3, 1),
         conv(2, 5, 48, 3, 7, 1, 0),
+        // Winograd's tiles (5×5 over 8 or more input channels): batch 1 and odd sides that
+        // end in partial tiles, padding 0 to 2, partial vectors in and out, an output
+        // smaller than one tile.
+        conv(1, 9, 11, 7, 9, 5, 2),
+        conv(3, 8, 5, 13, 10, 5, 1),
+        conv(2, 20, 17, 7, 7, 5, 0),
     ]
 }
 

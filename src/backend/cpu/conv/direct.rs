@@ -324,7 +324,7 @@ fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
     }
     for (v, groups) in groups.into_iter().enumerate() {
         for (g, pixels) in groups.into_iter().enumerate().take(PX.div_ceil(LANES)) {
-            let channels = (channel + v * LANES..c.out_channels).zip(simd.transpose(pixels));
+            let channels = (channel + v * LANES..c.out_channels).zip(simd.transpose(pixels).map(|v| simd.store(v)));
             for (co, values) in channels.take(LANES) {
                 let out = &mut image.out[co * ho * wo + first + g * LANES..];
                 store_run::<PX>(out, &values, g * LANES, c.accumulate);

@@ -39,6 +39,7 @@ mod direct;
 mod rows;
 mod scatter;
 mod simd;
+mod winograd;
 
 use simd::{load, vector};
 pub use simd::{Isa, Kernel, Simd};
@@ -101,6 +102,13 @@ impl Blocked {
 
     fn block_mut<'a>(&self, data: &'a mut [f32], block: Block) -> &'a mut [f32] {
         &mut data[self.items * block.first..][..self.items * block.width()]
+    }
+
+    /// Where `channel` of `item` is stored.
+    fn index(&self, item: usize, channel: usize) -> usize {
+        let first = channel - channel % (MAX_VECTORS * LANES);
+        let width = (padded(self.channels) - first).min(MAX_VECTORS * LANES);
+        self.items * first + item * width + channel - first
     }
 }
 
@@ -181,6 +189,8 @@ impl Convolutions {
         let x = &x[..s.in_len()];
         if rows::fits(s) {
             rows::forward(self, s, x, weight, bias, out)
+        } else if winograd::fits(s) {
+            winograd::forward(self, s, x, weight, bias, out)
         } else {
             direct::forward(self, s, x, weight, bias, out)
         }
@@ -189,7 +199,9 @@ impl Convolutions {
     /// The input gradient `dx` from the output gradient `dy`, added to `dx` when `accumulate`.
     pub fn backward_data(&self, s: &ConvShape, weight: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
         let (dy, dx) = (&dy[..s.out_len()], &mut dx[..s.in_len()]);
-        if scatter::fits(s) {
+        if winograd::fits(s) {
+            winograd::backward_data(self, s, weight, dy, dx, accumulate)
+        } else if scatter::fits(s) {
             scatter::backward_data(self, s, weight, dy, dx, accumulate)
         } else {
             direct::backward_data(self, s, weight, dy, dx, accumulate)

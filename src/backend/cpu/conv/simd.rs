@@ -21,7 +21,7 @@ pub trait Simd: Copy {
     fn relu(self, v: Self::V) -> Self::V;
     fn store(self, v: Self::V) -> Vector;
     /// Eight vectors turned: row `c` holds lane `c` of each, in order.
-    fn transpose(self, v: [Self::V; LANES]) -> [Vector; LANES];
+    fn transpose(self, v: [Self::V; LANES]) -> [Self::V; LANES];
 
     /// `acc + x·w`.
     #[inline(always)]
@@ -152,9 +152,9 @@ mod avx2 {
         }
 
         #[inline(always)]
-        fn transpose(self, v: [__m256; 8]) -> [Vector; 8] {
+        fn transpose(self, v: [__m256; 8]) -> [__m256; 8] {
             // SAFETY: an `Avx2` exists only on a CPU with AVX.
-            unsafe { transpose8(v) }.map(|v| self.store(v))
+            unsafe { transpose8(v) }
         }
     }
 
