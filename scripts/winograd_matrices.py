@@ -1,9 +1,9 @@
 """The Winograd transforms F(m, r) over the points 0, ±1, ±2, ±1/2 and ∞ (Lavin and Gray's
 modified Toom-Cook construction, as wincnn writes it), checked exactly on random integers and
-printed as the Rust tables of src/backend/cpu/conv/winograd.rs:
+printed as Rust tables:
 
-    python3 scripts/winograd_matrices.py 4 5     # F(4×4, 5×5)
-    python3 scripts/winograd_matrices.py 6 3     # F(6×6, 3×3)
+    python3 scripts/winograd_matrices.py 4 5     # F(4×4, 5×5): src/backend/cpu/conv/winograd.rs
+    python3 scripts/winograd_matrices.py 6 3     # F(6×6, 3×3): tried on rblock1, see README
 
 y = Aᵀ[(G g) ⊙ (Bᵀ d)] is the correlation y[i] = Σ_k g[k]·d[i + k] of an (m + r − 1)-long
 input with an r-tap filter; in 2-D, y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A. Needs only the standard
