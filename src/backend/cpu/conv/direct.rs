@@ -6,8 +6,8 @@ use std::ops::Range;
 
 use super::simd::{load, spill};
 use super::{
-    blocks, pad_planes, padded, tile_len, with_filter_size, with_scratch, with_tile, Block, Blocked, Convolutions,
-    FilterGrad, Kernel, Output, OutputGrad, Planes, Simd, Vector, ACCUMULATORS, LANES, MAX_VECTORS,
+    blocks, pack_bias, pad_planes, padded, tile_len, with_filter_size, with_scratch, with_tile, Block, Blocked,
+    Convolutions, FilterGrad, Kernel, Output, OutputGrad, Planes, Simd, Vector, ACCUMULATORS, LANES, MAX_VECTORS,
 };
 use crate::backend::ConvShape;
 
@@ -93,8 +93,7 @@ fn pack_forward(s: &ConvShape, weight: &[f32], bias: &[f32], dst: &mut [f32], ds
             }
         }
     }
-    dst_bias.fill(0.0);
-    dst_bias[..s.c_out].copy_from_slice(bias);
+    pack_bias(bias, dst_bias);
 }
 
 /// Packs `W[co][ci][ky][kx]` for the backward data pass, taps `(co, ky, kx)` by `ci`, each

@@ -16,7 +16,7 @@
 
 use std::array;
 
-use super::{blocks, load, padded, tile_len, with_tile, Block, Blocked, Convolutions, Kernel, Simd, LANES};
+use super::{blocks, load, padded, tile_len, vector_mut, with_tile, Block, Blocked, Convolutions, Kernel, Simd, LANES};
 use crate::backend::ConvShape;
 
 #[cfg(target_arch = "x86_64")]
@@ -148,7 +148,7 @@ fn scatter_tile<S: Simd, const PX: usize, const CV: usize>(simd: S, t: &Tile, ou
         for p in 0..PX {
             let dst = &mut out[(targets[p] + shift) * t.block.width()..][..CV * LANES];
             for v in 0..CV {
-                let d: &mut [f32; LANES] = (&mut dst[v * LANES..][..LANES]).try_into().expect("a whole vector");
+                let d = vector_mut(&mut dst[v * LANES..]);
                 *d = simd.store(simd.add(simd.load(d), acc[p][v]));
             }
         }

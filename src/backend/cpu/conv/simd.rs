@@ -403,6 +403,12 @@ pub(super) fn vector(src: &[f32]) -> &[f32; LANES] {
     src[..LANES].try_into().expect("a whole vector")
 }
 
+/// The first vector of `dst`.
+#[inline(always)]
+pub(super) fn vector_mut(dst: &mut [f32]) -> &mut [f32; LANES] {
+    (&mut dst[..LANES]).try_into().expect("a whole vector")
+}
+
 /// The first `CV` vectors of `src`.
 #[inline(always)]
 pub(super) fn load<S: Simd, const CV: usize>(simd: S, src: &[f32]) -> [S::V; CV] {

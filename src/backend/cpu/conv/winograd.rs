@@ -19,8 +19,8 @@
 //! output transform (over output-channel lanes, turned back into rows of 4 pixels).
 
 use super::{
-    blocks, copy_short, load, pad_planes, padded, tile_len, vector, with_tile, Blocked, Convolutions, Kernel, Output,
-    Planes, Simd, LANES,
+    blocks, copy_short, load, pack_bias, pad_planes, padded, tile_len, vector, vector_mut, with_tile, Blocked,
+    Convolutions, Kernel, Output, Planes, Simd, LANES,
 };
 use crate::backend::ConvShape;
 
@@ -79,8 +79,7 @@ pub fn forward(convs: &Convolutions, s: &ConvShape, x: &[f32], weight: &[f32], b
     let mut packed = convs.packed(len + padded(s.c_out));
     let (weights, packed_bias) = packed.split_at_mut(len);
     pack(convs, s.c_in, s.c_out, |co, ci| &weight[(co * s.c_in + ci) * R * R..][..R * R], false, weights);
-    packed_bias.fill(0.0);
-    packed_bias[..s.c_out].copy_from_slice(bias);
+    pack_bias(bias, packed_bias);
     let conv = Winograd::forward(s, weights, packed_bias, out.relu());
     convs.forward_images(s, x, out, conv.scratch_len(), |x, scratch, y| convs.isa.run(conv.image(x, scratch, y)));
 }
@@ -342,15 +341,13 @@ fn transform_input<S: Simd>(simd: S, conv: &Winograd, input: &[f32], transformed
 /// channels, into `products` as [`Winograd::transformed_len`] says.
 #[inline(always)]
 fn multiply<S: Simd>(simd: S, conv: &Winograd, transformed: &[f32], products: &mut [f32]) {
-    let (channels, tiles) = (padded(conv.planes.channels), conv.tile_count());
-    let layout = Blocked { items: POSITIONS * channels, channels: conv.out_channels };
+    let tiles = conv.tile_count();
+    let layout = Blocked { items: POSITIONS * padded(conv.planes.channels), channels: conv.out_channels };
     for block in blocks(conv.out_channels) {
         let weights = layout.block(conv.weights, block);
         let n = tile_len(tiles, block);
         for first in (0..tiles).step_by(n) {
-            let out_channels = padded(conv.out_channels);
-            let tile =
-                Products { weights, transformed, products: &mut *products, channels, out_channels, tiles, first };
+            let tile = Products { conv, weights, transformed, products: &mut *products, first };
             with_tile!(block.vectors, n.min(tiles - first), product_tile(simd, tile, block.first));
         }
     }
@@ -358,15 +355,12 @@ fn multiply<S: Simd>(simd: S, conv: &Winograd, transformed: &[f32], products: &m
 
 /// What a register tile of [`multiply`] reads and writes.
 struct Products<'a> {
+    conv: &'a Winograd<'a>,
     /// One block's weights.
     weights: &'a [f32],
     transformed: &'a [f32],
     products: &'a mut [f32],
-    /// Input and output channels, padded; tiles of the image, and the first of this
-    /// register tile.
-    channels: usize,
-    out_channels: usize,
-    tiles: usize,
+    /// The first tile of this register tile.
     first: usize,
 }
 
@@ -374,13 +368,14 @@ struct Products<'a> {
 /// position.
 #[inline(always)]
 fn product_tile<S: Simd, const T: usize, const CV: usize>(simd: S, t: Products, channel: usize) {
-    let (channels, out_channels) = (t.channels, t.out_channels);
+    let (channels, out_channels) = (padded(t.conv.planes.channels), padded(t.conv.out_channels));
+    let tiles = t.conv.tile_count();
     for position in 0..POSITIONS {
         let weights = &t.weights[position * channels * CV * LANES..][..channels * CV * LANES];
         let mut acc = [[simd.zero(); CV]; T];
         for (group, weights) in weights.chunks_exact(LANES * CV * LANES).enumerate() {
             // The group's 8 channels of each of the tiles, one vector a tile.
-            let x = &t.transformed[((position * channels / LANES + group) * t.tiles + t.first) * LANES..][..T * LANES];
+            let x = &t.transformed[((position * channels / LANES + group) * tiles + t.first) * LANES..][..T * LANES];
             for (c, w) in weights.chunks_exact(CV * LANES).enumerate() {
                 let w = load::<S, CV>(simd, w);
                 for tile in 0..T {
@@ -456,10 +451,4 @@ fn transform_output<S: Simd>(simd: S, conv: &Winograd, products: &[f32], out: &m
             }
         }
     }
-}
-
-/// The first vector of `dst`.
-#[inline(always)]
-fn vector_mut(dst: &mut [f32]) -> &mut [f32; LANES] {
-    (&mut dst[..LANES]).try_into().expect("a whole vector")
 }
