@@ -63,13 +63,19 @@ fn conv_shapes() -> Vec<ConvShape> {
         conv(1, 5, 9, 9, 11, 3, 1),
         conv(3, 17, 10, 8, 13, 3, 1),
         conv(13, 9, 4, 8, 8, 3, 1),
-        // Whole 16-channel blocks (the AVX-512 tiles, 8 pixels across rows): planes that end
-        // in a partial tile, rows narrower than a tile, padding 0 to 2, 1×1 filters.
+        // Whole 16-channel blocks (the AVX-512 tiles, 8 pixels across rows where rows are not
+        // 12 or 4 wide): planes that end in a partial tile, rows narrower than a tile,
+        // padding 0 to 2, 1×1 filters.
         conv(2, 16, 32, 12, 12, 5, 0),
         conv(3, 32, 32, 4, 4, 3, 1),
         conv(1, 7, 16, 9, 11, 3, 2),
         conv(2, 32, 16, 5, 3, 3, 1),
         conv(2, 5, 48, 3, 7, 1, 0),
+        // The AVX-512 row tiles (12-wide rows, 4×4 planes): padding 0 and 2, rows that skip
+        // kernel rows of padding, a plane of two 4×4 tiles, 5×5 filters.
+        conv(1, 16, 32, 14, 14, 3, 0),
+        conv(2, 7, 16, 8, 4, 5, 2),
+        conv(1, 3, 16, 6, 12, 5, 2),
         // Winograd's tiles (5×5 over 8 or more input channels): batch 1 and odd sides that
         // end in partial tiles, padding 0 to 2, partial vectors in and out, an output
         // smaller than one tile.

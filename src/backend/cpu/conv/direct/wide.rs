@@ -1,16 +1,18 @@
 //! The direct kernels' tiles in AVX-512 registers, for layers whose output channels fill
 //! whole 16-channel blocks: one register holds a block's 16 channels.
-//! - [`WideImage`], [`ConvImage`](super::ConvImage)'s: a tile is 8 output pixels that run on
-//!   across rows (a plane's pixels in order), so that planes narrower than a tile (8×8, 4×4)
-//!   still fill it;
+//! - [`WideImage`], [`ConvImage`](super::ConvImage)'s: on the network's planes a tile is a
+//!   few whole output rows ([`row_tile`]), whose pixels each row of the input serves at
+//!   constant offsets from one pointer; on other planes, 8 output pixels that run on across
+//!   rows (a plane's pixels in order), so that planes narrower than a tile still fill it;
 //! - [`WideTaps`], [`TapTiles`](super::TapTiles)': a tile is 8 filter taps.
 //!
 //! Each output sums its products in the order the AVX2 tiles do, so the two agree exactly.
 
+use std::arch::x86_64::__m512;
 use std::array;
 
 use super::super::simd::avx512::{register, Avx512, WideKernel, LANES};
-use super::super::{blocks, Block, Blocked, FilterGrad};
+use super::super::{blocks, with_filter_size, Block, Blocked, FilterGrad};
 use super::Conv;
 
 /// Pixels (or taps) a tile covers: 8 accumulators hide the FMA latency, and beside their
@@ -32,14 +34,30 @@ pub struct WideImage<'a> {
 
 impl WideKernel for WideImage<'_> {
     #[inline(always)]
-    fn run(mut self, simd: Avx512) {
+    fn run(self, simd: Avx512) {
+        with_filter_size!(self.conv.kernel, |k| self.tiles(simd, k))
+    }
+}
+
+impl WideImage<'_> {
+    /// Every tile of the image, for `k == self.conv.kernel`.
+    #[inline(always)]
+    fn tiles(mut self, simd: Avx512, k: usize) {
         let c = self.conv;
-        let (ho, wo) = c.planes.out(c.kernel);
-        let layout = Blocked { items: c.planes.channels * c.kernel * c.kernel, channels: c.out_channels };
+        let (ho, wo) = c.planes.out(k);
+        let layout = Blocked { items: c.planes.channels * k * k, channels: c.out_channels };
         for block in blocks(c.out_channels) {
             let weights = layout.block(c.weights, block);
-            for first in (0..ho * wo).step_by(PIXELS) {
-                tile(simd, &mut self, weights, block.first, first);
+            let (channel, image) = (block.first, &mut self);
+            // The network's planes: rblock1's 12×12 and rblock2's 4×4. (Two rows of 12 spill.)
+            match wo {
+                12 => row_tiles::<1, 12>(simd, image, k, weights, channel),
+                4 if ho.is_multiple_of(4) => row_tiles::<4, 4>(simd, image, k, weights, channel),
+                _ => {
+                    for first in (0..ho * wo).step_by(PIXELS) {
+                        tile(simd, image, k, weights, channel, first);
+                    }
+                }
             }
         }
     }
@@ -48,19 +66,28 @@ impl WideKernel for WideImage<'_> {
 /// Output pixels `first..first + PIXELS` of the plane (in order, across rows; the last tile
 /// repeats the plane's last pixel to fill up), 16 channels from `channel`.
 #[inline(always)]
-fn tile(simd: Avx512, image: &mut WideImage, weights: &[f32], channel: usize, first: usize) {
+fn tile(simd: Avx512, image: &mut WideImage, k: usize, weights: &[f32], channel: usize, first: usize) {
     let c = image.conv;
-    let (k, planes) = (c.kernel, c.planes);
+    let planes = c.planes;
     let (ho, wo) = planes.out(k);
-    let pixel = |p: usize| {
-        let q = (first + p).min(ho * wo - 1);
-        (q / wo, q % wo)
-    };
     // Where each pixel's window starts in a plane; they only grow, so the last pixel's
-    // window ends furthest on.
-    let starts: [usize; PIXELS] = array::from_fn(|p| pixel(p).0 * planes.width + pixel(p).1);
+    // window ends furthest on. (Stepped along, not divided out pixel by pixel: the divisions
+    // cost as much as a third of a 16-channel tile's multiply-adds.)
+    let last = ho * wo - 1;
+    let (mut y, mut x) = (first / wo, first % wo);
+    let (top, mut bottom) = (y, y);
+    let mut starts = [0; PIXELS];
+    for (p, start) in starts.iter_mut().enumerate() {
+        *start = y * planes.width + x;
+        bottom = y;
+        if first + p < last {
+            x += 1;
+            if x == wo {
+                (y, x) = (y + 1, 0);
+            }
+        }
+    }
     let span = starts[PIXELS - 1] + k;
-    let (top, bottom) = (pixel(0).0, pixel(PIXELS - 1).0);
     let kernel_rows = c.data_rows.start.saturating_sub(bottom)..c.data_rows.end.saturating_sub(top).min(k);
     let init = c.bias.map_or(simd.zero(), |b| simd.load(register(&b[channel..])));
     let mut acc = [init; PIXELS];
@@ -91,11 +118,108 @@ fn tile(simd: Avx512, image: &mut WideImage, weights: &[f32], channel: usize, fi
     let pixels = ho * wo;
     let n = PIXELS.min(pixels - first);
     for (values, co) in simd.transpose(acc).iter().zip(channel..) {
-        let (out, values) = (&mut image.out[co * pixels + first..][..n], &values[..n]);
+        let out = &mut image.out[co * pixels + first..];
+        match (n, c.accumulate) {
+            // A whole tile's run, of constant length, compiles to a move, not a call to `memcpy`.
+            (PIXELS, false) => *<&mut [f32; PIXELS]>::try_from(&mut out[..PIXELS]).expect("a whole tile") = *values,
+            (_, false) => out[..n].copy_from_slice(&values[..n]),
+            (_, true) => out[..n].iter_mut().zip(values).for_each(|(o, v)| *o += v),
+        }
+    }
+}
+
+/// Every [`row_tile`] of a plane whose output rows are `COLS` wide and come in whole tiles.
+#[inline(always)]
+fn row_tiles<const ROWS: usize, const COLS: usize>(
+    simd: Avx512,
+    image: &mut WideImage,
+    k: usize,
+    weights: &[f32],
+    channel: usize,
+) {
+    let (ho, wo) = image.conv.planes.out(k);
+    debug_assert!(wo == COLS && ho.is_multiple_of(ROWS), "{ho}×{wo} output rows in tiles of {ROWS}×{COLS}");
+    for top in (0..ho).step_by(ROWS) {
+        row_tile::<ROWS, COLS>(simd, image, k, weights, channel, top);
+    }
+}
+
+/// Output rows `top..top + ROWS` (each `COLS` pixels, the whole row), 16 channels from
+/// `channel`: each input row serves a row of pixels at constant offsets from one pointer, so
+/// that a tile holds 12 or 16 accumulators and every broadcast folds into its multiply-add,
+/// with no pixel's offset to keep in a register.
+/// The products add in the order [`tile`]'s do.
+#[inline(always)]
+fn row_tile<const ROWS: usize, const COLS: usize>(
+    simd: Avx512,
+    image: &mut WideImage,
+    k: usize,
+    weights: &[f32],
+    channel: usize,
+    top: usize,
+) {
+    let c = image.conv;
+    let planes = c.planes;
+    let kernel_rows = c.data_rows.start.saturating_sub(top + ROWS - 1)..c.data_rows.end.saturating_sub(top).min(k);
+    let init = c.bias.map_or(simd.zero(), |b| simd.load(register(&b[channel..])));
+    let mut acc = [[init; COLS]; ROWS];
+    let tap_row = k * LANES;
+    for (plane, weights) in
+        image.input.chunks_exact(planes.height * planes.width).zip(weights.chunks_exact(k * tap_row))
+    {
+        for ky in kernel_rows.clone() {
+            let mut rows = [&plane[..0]; ROWS];
+            for (r, row) in rows.iter_mut().enumerate() {
+                *row = &plane[(top + r + ky) * planes.width..][..COLS + k - 1];
+            }
+            for (kx, w) in weights[ky * tap_row..][..tap_row].chunks_exact(LANES).enumerate() {
+                let w = simd.load(register(w));
+                for r in 0..ROWS {
+                    for x in 0..COLS {
+                        // SAFETY: `x < COLS` and `kx < k`: within the row's `COLS + k - 1`.
+                        let v = unsafe { *rows[r].get_unchecked(x + kx) };
+                        acc[r][x] = simd.mul_add(v, w, acc[r][x]);
+                    }
+                }
+            }
+        }
+    }
+    for (r, &acc) in acc.iter().enumerate() {
+        let first = (top + r) * COLS;
+        store_group::<COLS, 0>(simd, image, &acc, channel, first);
+        if COLS > PIXELS {
+            store_group::<COLS, PIXELS>(simd, image, &acc, channel, first);
+        }
+    }
+}
+
+/// Pixels `G..G + 8` (at most; `COLS` in all) of one output row's accumulators, turned into
+/// runs of 16 channels and stored from pixel `first + G` of each channel's plane: every
+/// length here is a constant, so that the stores compile to moves.
+#[inline(always)]
+fn store_group<const COLS: usize, const G: usize>(
+    simd: Avx512,
+    image: &mut WideImage,
+    acc: &[__m512; COLS],
+    channel: usize,
+    first: usize,
+) {
+    let c = image.conv;
+    let n = (COLS - G).min(PIXELS);
+    let mut group = [simd.zero(); PIXELS];
+    for (g, &v) in group.iter_mut().zip(&acc[G..]) {
+        *g = if c.relu { simd.relu(v) } else { v };
+    }
+    let pixels = {
+        let (ho, wo) = c.planes.out(c.kernel);
+        ho * wo
+    };
+    for (values, co) in simd.transpose(group).iter().zip(channel..) {
+        let out = &mut image.out[co * pixels + first + G..][..n];
         if c.accumulate {
             out.iter_mut().zip(values).for_each(|(o, v)| *o += v);
         } else {
-            out.copy_from_slice(values);
+            out.copy_from_slice(&values[..n]);
         }
     }
 }
