@@ -189,7 +189,7 @@ impl Convolutions {
     /// `y = conv(x, W) + b` over a batch, into `out` as it says.
     pub fn forward(&self, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], out: Output) {
         let x = &x[..s.in_len()];
-        if rows::fits(s) {
+        if rows::fits(s) && !direct::row_tiles_fit(self.isa, s) {
             rows::forward(self, s, x, weight, bias, out)
         } else if winograd::fits(s) {
             winograd::forward(self, s, x, weight, bias, out)

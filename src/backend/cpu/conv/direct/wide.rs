@@ -49,10 +49,10 @@ impl WideImage<'_> {
         for block in blocks(c.out_channels) {
             let weights = layout.block(c.weights, block);
             let (channel, image) = (block.first, &mut self);
-            // The network's planes: rblock1's 12×12 and rblock2's 4×4. (Two rows of 12 spill.)
-            match wo {
-                12 => row_tiles::<1, 12>(simd, image, k, weights, channel),
-                4 if ho.is_multiple_of(4) => row_tiles::<4, 4>(simd, image, k, weights, channel),
+            match row_tile_shape(ho, wo) {
+                Some((1, 12)) => row_tiles::<1, 12>(simd, image, k, weights, channel),
+                Some((1, 8)) => row_tiles::<1, 8>(simd, image, k, weights, channel),
+                Some((4, 4)) => row_tiles::<4, 4>(simd, image, k, weights, channel),
                 _ => {
                     for first in (0..ho * wo).step_by(PIXELS) {
                         tile(simd, image, k, weights, channel, first);
@@ -60,6 +60,21 @@ impl WideImage<'_> {
                 }
             }
         }
+    }
+}
+
+/// The [`row_tile`] (output rows × pixels) that covers an `ho × wo` output plane in whole
+/// tiles, if one does: runs of 12 pixels (rblock1's rows, conv1's in two), else of 8, else
+/// 4×4 planes (rblock2's). Two rows of 12 would spill their accumulators.
+pub fn row_tile_shape(ho: usize, wo: usize) -> Option<(usize, usize)> {
+    if wo.is_multiple_of(12) {
+        Some((1, 12))
+    } else if wo.is_multiple_of(8) {
+        Some((1, 8))
+    } else if wo == 4 && ho.is_multiple_of(4) {
+        Some((4, 4))
+    } else {
+        None
     }
 }
 
@@ -128,7 +143,7 @@ fn tile(simd: Avx512, image: &mut WideImage, k: usize, weights: &[f32], channel:
     }
 }
 
-/// Every [`row_tile`] of a plane whose output rows are `COLS` wide and come in whole tiles.
+/// Every [`row_tile`] of a plane that [`row_tile_shape`] gives `ROWS × COLS` tiles.
 #[inline(always)]
 fn row_tiles<const ROWS: usize, const COLS: usize>(
     simd: Avx512,
@@ -138,17 +153,18 @@ fn row_tiles<const ROWS: usize, const COLS: usize>(
     channel: usize,
 ) {
     let (ho, wo) = image.conv.planes.out(k);
-    debug_assert!(wo == COLS && ho.is_multiple_of(ROWS), "{ho}×{wo} output rows in tiles of {ROWS}×{COLS}");
+    debug_assert!(wo.is_multiple_of(COLS) && ho.is_multiple_of(ROWS), "{ho}×{wo} output in tiles of {ROWS}×{COLS}");
     for top in (0..ho).step_by(ROWS) {
-        row_tile::<ROWS, COLS>(simd, image, k, weights, channel, top);
+        for left in (0..wo).step_by(COLS) {
+            row_tile::<ROWS, COLS>(simd, image, k, weights, channel, (top, left));
+        }
     }
 }
 
-/// Output rows `top..top + ROWS` (each `COLS` pixels, the whole row), 16 channels from
+/// Output rows `top..top + ROWS`, pixels `left..left + COLS` of each, 16 channels from
 /// `channel`: each input row serves a row of pixels at constant offsets from one pointer, so
 /// that a tile holds 12 or 16 accumulators and every broadcast folds into its multiply-add,
-/// with no pixel's offset to keep in a register.
-/// The products add in the order [`tile`]'s do.
+/// with no pixel's offset to keep in a register. The products add in the order [`tile`]'s do.
 #[inline(always)]
 fn row_tile<const ROWS: usize, const COLS: usize>(
     simd: Avx512,
@@ -156,7 +172,7 @@ fn row_tile<const ROWS: usize, const COLS: usize>(
     k: usize,
     weights: &[f32],
     channel: usize,
-    top: usize,
+    (top, left): (usize, usize),
 ) {
     let c = image.conv;
     let planes = c.planes;
@@ -170,7 +186,7 @@ fn row_tile<const ROWS: usize, const COLS: usize>(
         for ky in kernel_rows.clone() {
             let mut rows = [&plane[..0]; ROWS];
             for (r, row) in rows.iter_mut().enumerate() {
-                *row = &plane[(top + r + ky) * planes.width..][..COLS + k - 1];
+                *row = &plane[(top + r + ky) * planes.width + left..][..COLS + k - 1];
             }
             for (kx, w) in weights[ky * tap_row..][..tap_row].chunks_exact(LANES).enumerate() {
                 let w = simd.load(register(w));
@@ -184,8 +200,9 @@ fn row_tile<const ROWS: usize, const COLS: usize>(
             }
         }
     }
+    let wo = planes.out(k).1;
     for (r, &acc) in acc.iter().enumerate() {
-        let first = (top + r) * COLS;
+        let first = (top + r) * wo + left;
         store_group::<COLS, 0>(simd, image, &acc, channel, first);
         if COLS > PIXELS {
             store_group::<COLS, PIXELS>(simd, image, &acc, channel, first);
