@@ -13,7 +13,7 @@ use std::array;
 
 use super::super::simd::avx512::{register, Avx512, WideKernel, LANES};
 use super::super::{blocks, with_filter_size, Block, Blocked, FilterGrad};
-use super::Conv;
+use super::{window_starts, Conv};
 
 /// Pixels (or taps) a tile covers: 8 accumulators hide the FMA latency, and beside their
 /// broadcasts and one weight register leave the CPU's 32 registers room.
@@ -85,23 +85,7 @@ fn tile(simd: Avx512, image: &mut WideImage, k: usize, weights: &[f32], channel:
     let c = image.conv;
     let planes = c.planes;
     let (ho, wo) = planes.out(k);
-    // Where each pixel's window starts in a plane; they only grow, so the last pixel's
-    // window ends furthest on. (Stepped along, not divided out pixel by pixel: the divisions
-    // cost as much as a third of a 16-channel tile's multiply-adds.)
-    let last = ho * wo - 1;
-    let (mut y, mut x) = (first / wo, first % wo);
-    let (top, mut bottom) = (y, y);
-    let mut starts = [0; PIXELS];
-    for (p, start) in starts.iter_mut().enumerate() {
-        *start = y * planes.width + x;
-        bottom = y;
-        if first + p < last {
-            x += 1;
-            if x == wo {
-                (y, x) = (y + 1, 0);
-            }
-        }
-    }
+    let (starts, (top, bottom)) = window_starts::<PIXELS>(first, wo, ho * wo - 1, planes.width);
     let span = starts[PIXELS - 1] + k;
     let kernel_rows = c.data_rows.start.saturating_sub(bottom)..c.data_rows.end.saturating_sub(top).min(k);
     let init = c.bias.map_or(simd.zero(), |b| simd.load(register(&b[channel..])));
@@ -190,11 +174,11 @@ fn row_tile<const ROWS: usize, const COLS: usize>(
             }
             for (kx, w) in weights[ky * tap_row..][..tap_row].chunks_exact(LANES).enumerate() {
                 let w = simd.load(register(w));
-                for r in 0..ROWS {
-                    for x in 0..COLS {
+                for (row, acc) in rows.iter().zip(&mut acc) {
+                    for (x, acc) in acc.iter_mut().enumerate() {
                         // SAFETY: `x < COLS` and `kx < k`: within the row's `COLS + k - 1`.
-                        let v = unsafe { *rows[r].get_unchecked(x + kx) };
-                        acc[r][x] = simd.mul_add(v, w, acc[r][x]);
+                        let v = unsafe { *row.get_unchecked(x + kx) };
+                        *acc = simd.mul_add(v, w, *acc);
                     }
                 }
             }
