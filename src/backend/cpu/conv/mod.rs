@@ -19,7 +19,8 @@
 //! All are written once over the [`Simd`] trait and run as AVX2 + FMA or portable code
 //! ([`Isa`]); on CPUs with AVX-512F, the channel tiles and the scatter run as AVX-512 tiles
 //! (`direct/wide.rs`, `scatter/wide.rs`) for layers whose channels fill 16-lane registers,
-//! with results equal to the AVX2 tiles'. Whatever is stored channels last (packed weights,
+//! with results equal to the AVX2 tiles'. There the direct kernels also take a first layer
+//! from [`rows`] where their tiles of whole output rows fit it. Whatever is stored channels last (packed weights,
 //! the output gradient, the filter gradient) is stored block by block ([`Blocked`]), so that
 //! a tile reads one contiguous run per tap or pixel and its inner loop has no bounds checks,
 //! which would keep the accumulators in memory.
@@ -189,7 +190,7 @@ impl Convolutions {
     /// `y = conv(x, W) + b` over a batch, into `out` as it says.
     pub fn forward(&self, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], out: Output) {
         let x = &x[..s.in_len()];
-        if rows::fits(s) && !direct::row_tiles_fit(self.isa, s) {
+        if rows::fits(s) && !direct::wide_rows_fit(self.isa, s) {
             rows::forward(self, s, x, weight, bias, out)
         } else if winograd::fits(s) {
             winograd::forward(self, s, x, weight, bias, out)
@@ -213,7 +214,7 @@ impl Convolutions {
     /// The weight and bias gradients, `grads` = `[co][ci][ky][kx]` then `[co]`.
     pub fn backward_params(&self, s: &ConvShape, x: &[f32], dy: OutputGrad, grads: &mut [f32]) {
         let x = &x[..s.in_len()];
-        if rows::fits(s) {
+        if rows::fits(s) && !direct::wide_rows_fit(self.isa, s) {
             rows::backward_params(self, s, x, dy, grads)
         } else {
             direct::backward_params(self, s, x, dy, grads)
