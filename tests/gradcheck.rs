@@ -71,11 +71,14 @@ fn conv_shapes() -> Vec<ConvShape> {
         conv(1, 7, 16, 9, 11, 3, 2),
         conv(2, 32, 16, 5, 3, 3, 1),
         conv(2, 5, 48, 3, 7, 1, 0),
-        // The AVX-512 row tiles (12-wide rows, 4×4 planes): padding 0 and 2, rows that skip
-        // kernel rows of padding, a plane of two 4×4 tiles, 5×5 filters.
+        // The AVX-512 row tiles (runs of 12 or 8 pixels, 4×4 planes): padding 0 and 2, rows
+        // that skip kernel rows of padding, a plane of two 4×4 tiles, 5×5 filters, and a
+        // first layer that they take from the row kernels (24-wide rows, two tiles a row).
         conv(1, 16, 32, 14, 14, 3, 0),
         conv(2, 7, 16, 8, 4, 5, 2),
         conv(1, 3, 16, 6, 12, 5, 2),
+        conv(1, 5, 16, 6, 10, 3, 0),
+        conv(2, 1, 16, 9, 28, 5, 0),
         // Winograd's tiles (5×5 over 8 or more input channels): batch 1 and odd sides that
         // end in partial tiles, padding 0 to 2, partial vectors in and out, an output
         // smaller than one tile.

@@ -214,7 +214,7 @@ impl Convolutions {
     /// The weight and bias gradients, `grads` = `[co][ci][ky][kx]` then `[co]`.
     pub fn backward_params(&self, s: &ConvShape, x: &[f32], dy: OutputGrad, grads: &mut [f32]) {
         let x = &x[..s.in_len()];
-        if rows::fits(s) && !direct::wide_rows_fit(self.isa, s) {
+        if rows::fits(s) {
             rows::backward_params(self, s, x, dy, grads)
         } else {
             direct::backward_params(self, s, x, dy, grads)
