@@ -261,6 +261,12 @@ impl<'a> Conv<'a> {
         self.out_channels * ho * wo
     }
 
+    /// The kernel rows (of `k`) that read data for some output row in `top..=bottom`: the
+    /// others read only padding, and a tile skips them.
+    pub fn kernel_rows(&self, top: usize, bottom: usize, k: usize) -> Range<usize> {
+        self.data_rows.start.saturating_sub(bottom)..self.data_rows.end.saturating_sub(top).min(k)
+    }
+
     /// One source image laid out as `planes`: itself, or a padded copy in `scratch`.
     pub fn pad<'b>(&self, src: &'b [f32], scratch: &'b mut [f32]) -> &'b [f32] {
         let (height, width) = self.source;
@@ -317,7 +323,7 @@ fn conv_tile<S: Simd, const PX: usize, const CV: usize>(
     let (starts, (top, bottom)) = window_starts::<PX>(first, wo, ho * wo - 1, planes.width);
     let span = starts[PX - 1] + k;
     // Kernel rows that read only padding for every pixel of the tile are skipped.
-    let kernel_rows = c.data_rows.start.saturating_sub(bottom)..c.data_rows.end.saturating_sub(top).min(k);
+    let kernel_rows = c.kernel_rows(top, bottom, k);
     let init = c.bias.map_or([simd.zero(); CV], |b| load(simd, &b[channel..]));
     let mut acc = [init; PX];
     let tap_row = k * CV * LANES;

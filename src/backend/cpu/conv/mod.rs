@@ -19,11 +19,11 @@
 //! All are written once over the [`Simd`] trait and run as AVX2 + FMA or portable code
 //! ([`Isa`]); on CPUs with AVX-512F, the channel tiles and the scatter run as AVX-512 tiles
 //! (`direct/wide.rs`, `scatter/wide.rs`) for layers whose channels fill 16-lane registers,
-//! with results equal to the AVX2 tiles'. There the direct kernels also take a first layer
-//! from [`rows`] where their tiles of whole output rows fit it. Whatever is stored channels last (packed weights,
-//! the output gradient, the filter gradient) is stored block by block ([`Blocked`]), so that
-//! a tile reads one contiguous run per tap or pixel and its inner loop has no bounds checks,
-//! which would keep the accumulators in memory.
+//! with results equal to the AVX2 tiles'. There the direct kernels also take a first layer's
+//! forward pass from [`rows`] where their tiles of whole output rows fit it. Whatever is
+//! stored channels last (packed weights, the output gradient, the filter gradient) is stored
+//! block by block ([`Blocked`]), so that a tile reads one contiguous run per tap or pixel
+//! and its inner loop has no bounds checks, which would keep the accumulators in memory.
 //!
 //! Images run in parallel on the current rayon pool. The filter gradient splits a batch into
 //! tasks by shape alone and sums their partial gradients in task order, so that results are
@@ -399,9 +399,8 @@ impl DerefMut for MappedGuard<'_> {
 /// `len` floats of `buf`, locked, [`aligned`].
 fn grown(buf: &Mutex<Vec<f32>>, len: usize) -> MappedGuard<'_> {
     let mut guard = buf.lock().unwrap_or_else(|e| e.into_inner());
-    let start = aligned(&mut guard, len).as_ptr() as usize - guard.as_ptr() as usize;
-    let start = start / size_of::<f32>();
-    MappedGuard { guard, range: start..start + len }
+    let range = aligned_range(&mut guard, len);
+    MappedGuard { guard, range }
 }
 
 /// Bytes of a cache line, where buffers that vectors load from start: an AVX-512 load from a
@@ -411,9 +410,15 @@ const CACHE_LINE: usize = 64;
 
 /// `len` floats of `buf` from its first cache-line boundary, `buf` grown to hold them.
 fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    let range = aligned_range(buf, len);
+    &mut buf[range]
+}
+
+/// Where [`aligned`]'s floats lie in `buf`.
+fn aligned_range(buf: &mut Vec<f32>, len: usize) -> Range<usize> {
     grow(buf, len + CACHE_LINE / size_of::<f32>());
     let start = buf.as_ptr().align_offset(CACHE_LINE);
-    &mut buf[start..start + len]
+    start..start + len
 }
 
 /// Grows `buf` to at least `len` floats. Buffers never shrink, so that the training step

@@ -87,7 +87,7 @@ fn tile(simd: Avx512, image: &mut WideImage, k: usize, weights: &[f32], channel:
     let (ho, wo) = planes.out(k);
     let (starts, (top, bottom)) = window_starts::<PIXELS>(first, wo, ho * wo - 1, planes.width);
     let span = starts[PIXELS - 1] + k;
-    let kernel_rows = c.data_rows.start.saturating_sub(bottom)..c.data_rows.end.saturating_sub(top).min(k);
+    let kernel_rows = c.kernel_rows(top, bottom, k);
     let init = c.bias.map_or(simd.zero(), |b| simd.load(register(&b[channel..])));
     let mut acc = [init; PIXELS];
     let tap_row = k * LANES;
@@ -108,23 +108,7 @@ fn tile(simd: Avx512, image: &mut WideImage, k: usize, weights: &[f32], channel:
             }
         }
     }
-    if c.relu {
-        // A loop, not `map`: its closure would not inline into the AVX-512 entry point.
-        for v in &mut acc {
-            *v = simd.relu(*v);
-        }
-    }
-    let pixels = ho * wo;
-    let n = PIXELS.min(pixels - first);
-    for (values, co) in simd.transpose(acc).iter().zip(channel..) {
-        let out = &mut image.out[co * pixels + first..];
-        match (n, c.accumulate) {
-            // A whole tile's run, of constant length, compiles to a move, not a call to `memcpy`.
-            (PIXELS, false) => *<&mut [f32; PIXELS]>::try_from(&mut out[..PIXELS]).expect("a whole tile") = *values,
-            (_, false) => out[..n].copy_from_slice(&values[..n]),
-            (_, true) => out[..n].iter_mut().zip(values).for_each(|(o, v)| *o += v),
-        }
-    }
+    store(simd, image, acc, channel, first, PIXELS.min(ho * wo - first));
 }
 
 /// Every [`row_tile`] of a plane that [`row_tile_shape`] gives `ROWS × COLS` tiles.
@@ -160,7 +144,7 @@ fn row_tile<const ROWS: usize, const COLS: usize>(
 ) {
     let c = image.conv;
     let planes = c.planes;
-    let kernel_rows = c.data_rows.start.saturating_sub(top + ROWS - 1)..c.data_rows.end.saturating_sub(top).min(k);
+    let kernel_rows = c.kernel_rows(top, top + ROWS - 1, k);
     let init = c.bias.map_or(simd.zero(), |b| simd.load(register(&b[channel..])));
     let mut acc = [[init; COLS]; ROWS];
     let tap_row = k * LANES;
@@ -194,9 +178,9 @@ fn row_tile<const ROWS: usize, const COLS: usize>(
     }
 }
 
-/// Pixels `G..G + 8` (at most; `COLS` in all) of one output row's accumulators, turned into
-/// runs of 16 channels and stored from pixel `first + G` of each channel's plane: every
-/// length here is a constant, so that the stores compile to moves.
+/// Pixels `G..G + 8` (at most; `COLS` in all) of one output row's accumulators, stored from
+/// pixel `first + G` of each channel's plane: a constant number of them, so that the stores
+/// compile to moves.
 #[inline(always)]
 fn store_group<const COLS: usize, const G: usize>(
     simd: Avx512,
@@ -205,22 +189,36 @@ fn store_group<const COLS: usize, const G: usize>(
     channel: usize,
     first: usize,
 ) {
-    let c = image.conv;
-    let n = (COLS - G).min(PIXELS);
     let mut group = [simd.zero(); PIXELS];
     for (g, &v) in group.iter_mut().zip(&acc[G..]) {
-        *g = if c.relu { simd.relu(v) } else { v };
+        *g = v;
+    }
+    store(simd, image, group, channel, first + G, (COLS - G).min(PIXELS));
+}
+
+/// The first `n` of 8 consecutive output pixels' accumulators (ReLU'd if the convolution
+/// asks), turned into runs of 16 channels and stored from pixel `first` of each channel's
+/// plane, or added there.
+#[inline(always)]
+fn store(simd: Avx512, image: &mut WideImage, mut acc: [__m512; PIXELS], channel: usize, first: usize, n: usize) {
+    let c = image.conv;
+    if c.relu {
+        // A loop, not `map`: its closure would not inline into the AVX-512 entry point.
+        for v in &mut acc {
+            *v = simd.relu(*v);
+        }
     }
     let pixels = {
         let (ho, wo) = c.planes.out(c.kernel);
         ho * wo
     };
-    for (values, co) in simd.transpose(group).iter().zip(channel..) {
-        let out = &mut image.out[co * pixels + first + G..][..n];
-        if c.accumulate {
-            out.iter_mut().zip(values).for_each(|(o, v)| *o += v);
-        } else {
-            out.copy_from_slice(&values[..n]);
+    for (values, co) in simd.transpose(acc).iter().zip(channel..) {
+        let out = &mut image.out[co * pixels + first..];
+        match (n, c.accumulate) {
+            // A whole run, of constant length, compiles to a move, not a call to `memcpy`.
+            (PIXELS, false) => *<&mut [f32; PIXELS]>::try_from(&mut out[..PIXELS]).expect("a whole run") = *values,
+            (_, false) => out[..n].copy_from_slice(&values[..n]),
+            (_, true) => out[..n].iter_mut().zip(values).for_each(|(o, v)| *o += v),
         }
     }
 }
