@@ -326,6 +326,29 @@ fn maxpool_keeps_the_first_maximum_of_a_window() {
     assert_eq!(idx, [0, 3, 12, 6]);
 }
 
+/// Every kernel set pools alike, bit for bit and arg-max for arg-max: on rows of 1 to 40
+/// windows (a partial vector of 16 and more than two of them), odd sides, ties (values drawn
+/// from five) and NaN, which never wins a comparison, so a window keeps it only when it
+/// comes first.
+#[test]
+fn maxpool_kernel_sets_agree_on_ties_nan_and_odd_sides() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let sets = every_kernel_set();
+    for (height, width) in [(2, 2), (3, 5), (5, 31), (4, 32), (7, 33), (6, 80), (9, 81)] {
+        let s = PoolShape { batch: 2, channels: 3, height, width };
+        let mut x: Vec<f32> = random(&mut rng, s.in_len()).iter().map(|v| (v * 2.0).round()).collect();
+        x.iter_mut().step_by(7).for_each(|v| *v = f32::NAN);
+        let pooled = sets.each_ref().map(|b| {
+            let (mut y, mut idx) = (b.zeros(s.out_len()), b.zeros_idx(s.out_len()));
+            b.maxpool_forward(&s, &x, &mut y, &mut idx);
+            (y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), idx)
+        });
+        for (b, p) in sets.iter().zip(&pooled).skip(1) {
+            assert!(p == &pooled[0], "{height}×{width}: {} pools unlike {}", b.name(), sets[0].name());
+        }
+    }
+}
+
 #[test]
 fn maxpool_and_relu_gradients_match_finite_differences() {
     let b = backend();

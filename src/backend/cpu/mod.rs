@@ -6,6 +6,7 @@
 //! task order, so results are bit-identical whatever the thread count.
 
 mod conv;
+mod pool;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -351,7 +352,7 @@ impl Backend for CpuBackend {
                 .zip(idx.par_chunks_mut(plane_out))
                 .zip(x[..s.in_len()].par_chunks(plane_in))
                 .with_min_len(16)
-                .for_each(|((y, idx), x)| self.conv.isa().run(MaxPoolPlane { width: s.width, x, y, idx }));
+                .for_each(|((y, idx), x)| pool::maxpool_plane(self.conv.isa(), s.width, x, y, idx));
         });
     }
 
@@ -362,7 +363,7 @@ impl Backend for CpuBackend {
                 .par_chunks_mut(plane_in)
                 .zip(dy[..s.out_len()].par_chunks(plane_out).zip(argmax[..s.out_len()].par_chunks(plane_out)))
                 .with_min_len(16)
-                .for_each(|(dx, (dy, idx))| unpool(s, dy, idx, dx));
+                .for_each(|(dx, (dy, idx))| pool::unpool(s, dy, idx, dx));
         });
     }
 
@@ -496,59 +497,6 @@ fn adam_element(u: &AdamUpdate, s: &StepScalars, p: f32, g: f32, m: f32, v: f32)
     let v = v * u.beta2 + u.one_minus_beta2 * g * g;
     let denom = v.sqrt() / s.bias2_sqrt + u.eps;
     (p + -s.step_size * m / denom, m, v)
-}
-
-/// One plane's max-pool as a [`conv::Kernel`]: the plain loop of [`maxpool_plane`], compiled
-/// inside the ISA's entry point so that LLVM vectorizes it with AVX2 where the CPU has it.
-struct MaxPoolPlane<'a> {
-    width: usize,
-    x: &'a [f32],
-    y: &'a mut [f32],
-    idx: &'a mut [u32],
-}
-
-impl conv::Kernel for MaxPoolPlane<'_> {
-    #[inline(always)]
-    fn run<S: conv::Simd>(self, _simd: S) {
-        maxpool_plane(self.width, self.x, self.y, self.idx);
-    }
-}
-
-/// Max of each 2×2 window of one plane, keeping the first maximum in scan order as PyTorch
-/// does; `idx` holds its position within the plane. The first maximum of each row's pair,
-/// then of the two, is the same one, and the selects compile without branches, which random
-/// data would mispredict half the time.
-#[inline(always)]
-fn maxpool_plane(width: usize, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
-    let wo = width / 2;
-    let first_max = |(a, i): (f32, usize), (b, j): (f32, usize)| if b > a { (b, j) } else { (a, i) };
-    let rows = y.chunks_exact_mut(wo).zip(idx.chunks_exact_mut(wo));
-    for (oy, ((y, idx), pair)) in rows.zip(x.chunks_exact(2 * width)).enumerate() {
-        let (top, bottom) = pair.split_at(width);
-        let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-        for (ox, ((y, idx), (top, bottom))) in y.iter_mut().zip(idx).zip(windows).enumerate() {
-            let at = 2 * oy * width + 2 * ox;
-            let upper = first_max((top[0], at), (top[1], at + 1));
-            let lower = first_max((bottom[0], at + width), (bottom[1], at + width + 1));
-            let (max, at) = first_max(upper, lower);
-            *y = max;
-            *idx = at as u32;
-        }
-    }
-}
-
-/// The backward of [`maxpool_plane`] over whole planes of `s`: each gradient goes to its
-/// window's maximum, which `argmax` names, and every other pixel gets zero.
-fn unpool(s: &PoolShape, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
-    dx.fill(0.0);
-    let (plane_in, plane_out) = (s.in_plane(), s.out_plane().max(1));
-    for ((dx, dy), idx) in
-        dx.chunks_exact_mut(plane_in).zip(dy.chunks_exact(plane_out)).zip(argmax.chunks_exact(plane_out))
-    {
-        for (&d, &i) in dy.iter().zip(idx) {
-            dx[i as usize] = d;
-        }
-    }
 }
 
 /// One example's loss against the smoothed target `(1 − ε)·onehot + ε/classes`, and whether

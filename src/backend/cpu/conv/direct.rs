@@ -7,8 +7,7 @@ use std::ops::Range;
 use super::simd::{load, spill};
 use super::{
     blocks, pack_bias, pad_planes, padded, tile_len, vector, vector_mut, with_filter_size, with_scratch, with_tile,
-    Block, Blocked, Convolutions, FilterGrad, Isa, Kernel, Output, OutputGrad, Planes, Simd, Vector, ACCUMULATORS,
-    LANES,
+    Block, Blocked, Convolutions, FilterGrad, Kernel, Output, OutputGrad, Planes, Simd, Vector, ACCUMULATORS, LANES,
 };
 use crate::backend::ConvShape;
 
@@ -65,18 +64,6 @@ pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: Outpu
     let (dw, db) = grads.split_at_mut(s.weight_len());
     unpack_filter_grad(&partials[..taps * stride], s.c_out, dw);
     db.copy_from_slice(&partials[taps * stride..][..s.c_out]);
-}
-
-/// Whether the forward pass of `s` runs here as AVX-512 tiles of whole output rows: where it
-/// does, they beat [`rows`](super::rows)' kernels for a first layer too (conv1: 1.2×, one
-/// thread), with the same sums in the same order. (Its filter gradient stays with the row
-/// kernels, whose sums the AVX-512 tiles would add in another order: the two instruction
-/// sets would then train differently, 1.15× faster.)
-pub fn wide_rows_fit(isa: Isa, s: &ConvShape) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return isa.wide().is_some() && wide::fits(s.c_out) && wide::row_tile_shape(s.h_out(), s.w_out()).is_some();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// `conv` of one image, `(src, scratch, out)`: in AVX-512 registers where the CPU has them

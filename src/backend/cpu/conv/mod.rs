@@ -19,8 +19,8 @@
 //! All are written once over the [`Simd`] trait and run as AVX2 + FMA or portable code
 //! ([`Isa`]); on CPUs with AVX-512F, the channel tiles and the scatter run as AVX-512 tiles
 //! (`direct/wide.rs`, `scatter/wide.rs`) for layers whose channels fill 16-lane registers,
-//! with results equal to the AVX2 tiles'. There the direct kernels also take a first layer's
-//! forward pass from [`rows`] where their tiles of whole output rows fit it. Whatever is
+//! with results equal to the AVX2 tiles'; so does a first layer's forward pass, whose AVX-512
+//! twin (`rows/wide.rs`) puts a plane's output pixels in its lanes across rows. Whatever is
 //! stored channels last (packed weights, the output gradient, the filter gradient) is stored
 //! block by block ([`Blocked`]), so that a tile reads one contiguous run per tap or pixel
 //! and its inner loop has no bounds checks, which would keep the accumulators in memory.
@@ -35,7 +35,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rayon::prelude::*;
 
-use super::{unpool, MaxPoolPlane};
+use super::pool::{maxpool_plane, unpool};
 use crate::backend::ConvShape;
 
 mod direct;
@@ -44,6 +44,8 @@ mod scatter;
 mod simd;
 mod winograd;
 
+#[cfg(target_arch = "x86_64")]
+pub use simd::avx512;
 use simd::{load, vector, vector_mut};
 pub use simd::{Isa, Kernel, Simd};
 
@@ -190,7 +192,7 @@ impl Convolutions {
     /// `y = conv(x, W) + b` over a batch, into `out` as it says.
     pub fn forward(&self, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], out: Output) {
         let x = &x[..s.in_len()];
-        if rows::fits(s) && !direct::wide_rows_fit(self.isa, s) {
+        if rows::fits(s) {
             rows::forward(self, s, x, weight, bias, out)
         } else if winograd::fits(s) {
             winograd::forward(self, s, x, weight, bias, out)
@@ -279,7 +281,7 @@ impl Convolutions {
                         image(x, scratch, y);
                         let planes = pooled.chunks_exact_mut(pooled_plane).zip(argmax.chunks_exact_mut(pooled_plane));
                         for ((y, idx), x) in planes.zip(y.chunks_exact(plane)) {
-                            self.isa.run(MaxPoolPlane { width: pool.width, x, y, idx });
+                            maxpool_plane(self.isa, pool.width, x, y, idx);
                         }
                     });
                 });

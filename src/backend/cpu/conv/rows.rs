@@ -21,6 +21,9 @@ use super::{
 };
 use crate::backend::ConvShape;
 
+#[cfg(target_arch = "x86_64")]
+mod wide;
+
 /// Pixel vectors a forward tile covers: with 6 channels, 12 accumulators, 2 pixel vectors
 /// and a broadcast weight take 15 of the 16 AVX2 registers. (With 3 vectors and 4 channels
 /// they would take all 16, and LLVM keeps an accumulator in memory.)
@@ -42,6 +45,10 @@ fn channel_groups(channels: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 pub fn forward(convs: &Convolutions, s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], out: Output) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = convs.isa.wide() {
+        return wide::forward(convs, simd, s, x, weight, bias, out);
+    }
     let mut packed = convs.packed(s.weight_len());
     pack_forward(s, weight, &mut packed);
     let (planes, kernel, weights, relu) = (Planes::input(s), s.kernel, &*packed, out.relu());

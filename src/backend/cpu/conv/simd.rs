@@ -209,9 +209,11 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
     use std::arch::x86_64::{
-        __m256, __m512, _mm256_castpd_ps, _mm256_storeu_ps, _mm512_add_ps, _mm512_castps512_ps256, _mm512_castps_pd,
-        _mm512_extractf64x4_pd, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_storeu_ps,
+        __m256, __m512, _mm256_castpd_ps, _mm256_storeu_ps, _mm512_add_epi32, _mm512_add_ps, _mm512_castps512_ps256,
+        _mm512_castps_pd, _mm512_cmp_ps_mask, _mm512_extractf64x4_pd, _mm512_fmadd_ps, _mm512_loadu_ps,
+        _mm512_mask_blend_epi32, _mm512_mask_blend_ps, _mm512_mask_storeu_epi32, _mm512_mask_storeu_ps,
+        _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_permutex2var_ps, _mm512_set1_epi32, _mm512_set1_ps,
+        _mm512_setr_epi32, _mm512_setzero_ps, _mm512_storeu_ps, _CMP_GT_OQ,
     };
 
     use super::avx2::transpose8;
@@ -247,6 +249,16 @@ pub mod avx512 {
         }
     }
 
+    /// The mask of the first `n` lanes (all 16 from `n = 16` on).
+    #[inline(always)]
+    fn first_lanes(n: usize) -> u16 {
+        if n >= LANES {
+            u16::MAX
+        } else {
+            (1 << n) - 1
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     unsafe fn run_with<K: WideKernel>(simd: Avx512, kernel: K) {
         kernel.run(simd);
@@ -263,6 +275,68 @@ pub mod avx512 {
         #[inline(always)]
         pub fn load(self, v: &Vector) -> __m512 {
             unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        }
+
+        #[inline(always)]
+        pub fn splat(self, x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+
+        /// The first `src.len()` floats (16 at most), zeros in the lanes after them.
+        #[inline(always)]
+        pub fn load_first(self, src: &[f32]) -> __m512 {
+            // SAFETY: the mask covers the lanes within `src`; masked-off lanes read nothing.
+            unsafe { _mm512_maskz_loadu_ps(first_lanes(src.len()), src.as_ptr()) }
+        }
+
+        /// Stores the first `dst.len()` lanes of `v` (16 at most) into `dst`.
+        #[inline(always)]
+        pub fn store_first(self, dst: &mut [f32], v: __m512) {
+            // SAFETY: the mask covers the lanes within `dst`; masked-off lanes write nothing.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), first_lanes(dst.len()), v) }
+        }
+
+        /// The 2×2 max-pool windows `0..y.len()` (16 at most) of two rows that start at a
+        /// window, `top` (at `at` in its plane, `width` floats a row) and `bottom`: each
+        /// maximum into `y`, its position in the plane into `idx`. The first maximum in scan
+        /// order wins, as in the scalar pool: a compare that is false for NaN keeps the
+        /// earlier value, like its `if b > a`.
+        #[inline(always)]
+        pub fn max_pool_windows(
+            self,
+            (top, bottom): (&[f32], &[f32]),
+            (at, width): (u32, u32),
+            y: &mut [f32],
+            idx: &mut [u32],
+        ) {
+            let len = 2 * y.len();
+            assert!(len <= 2 * LANES && top.len() >= len && bottom.len() >= len, "at most 16 whole windows");
+            assert_eq!(idx.len(), y.len(), "a position per window");
+            // SAFETY: the masked store writes the first `idx.len()` lanes, within `idx`.
+            unsafe {
+                let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+                // The left and the right pixel of each window of a row.
+                let pixels = |row: &[f32]| {
+                    let split = len.min(LANES);
+                    let (a, b) = (self.load_first(&row[..split]), self.load_first(&row[split..len]));
+                    (_mm512_permutex2var_ps(a, evens, b), _mm512_permutex2var_ps(a, odds, b))
+                };
+                let upper_at = _mm512_add_epi32(_mm512_set1_epi32(at as i32), evens);
+                let lower_at = _mm512_add_epi32(upper_at, _mm512_set1_epi32(width as i32));
+                let first_max = |(a, i), (b, j)| {
+                    let later = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(b, a);
+                    (_mm512_mask_blend_ps(later, a, b), _mm512_mask_blend_epi32(later, i, j))
+                };
+                let one = _mm512_set1_epi32(1);
+                let ((left, right), next) = (pixels(top), _mm512_add_epi32(upper_at, one));
+                let upper = first_max((left, upper_at), (right, next));
+                let ((left, right), next) = (pixels(bottom), _mm512_add_epi32(lower_at, one));
+                let lower = first_max((left, lower_at), (right, next));
+                let (max, at) = first_max(upper, lower);
+                self.store_first(y, max);
+                _mm512_mask_storeu_epi32(idx.as_mut_ptr().cast(), first_lanes(idx.len()), at);
+            }
         }
 
         #[inline(always)]

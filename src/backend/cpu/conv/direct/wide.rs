@@ -64,9 +64,9 @@ impl WideImage<'_> {
 }
 
 /// The [`row_tile`] (output rows × pixels) that covers an `ho × wo` output plane in whole
-/// tiles, if one does: runs of 12 pixels (rblock1's rows, conv1's in two), else of 8, else
+/// tiles, if one does: runs of 12 pixels (rblock1's rows), else of 8, else
 /// 4×4 planes (rblock2's). Two rows of 12 would spill their accumulators.
-pub fn row_tile_shape(ho: usize, wo: usize) -> Option<(usize, usize)> {
+fn row_tile_shape(ho: usize, wo: usize) -> Option<(usize, usize)> {
     if wo.is_multiple_of(12) {
         Some((1, 12))
     } else if wo.is_multiple_of(8) {
