@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::IMAGE_PIXELS;
-use resnet_mnist::model::{Model, Net};
+use resnet_mnist::model::{Examples, Model, Net};
 use resnet_mnist::recipe::{Preset, Recipe};
 use resnet_mnist::train::EVAL_BATCH;
 
@@ -22,24 +22,36 @@ fn model(backend: CpuBackend, capacity: usize) -> Model<CpuBackend> {
     model
 }
 
+/// `len` synthetic examples for [`Model::train_batch`] to gather, as training does.
+fn examples(backend: &CpuBackend, len: usize) -> (<CpuBackend as Backend>::Data, Vec<u32>) {
+    let images: Vec<u8> = (0..len * IMAGE_PIXELS).map(|i| ((i * 7919) % 255) as u8).collect();
+    let labels: Vec<u8> = (0..len).map(|i| (i % 10) as u8).collect();
+    (backend.upload_data(&images, &labels), (0..len as u32).collect())
+}
+
 fn step(c: &mut Criterion) {
     let recipe = Recipe::default();
     let fast = Recipe::preset(Preset::Fast);
+    let batch = recipe.batch_size;
     let mut group = c.benchmark_group("network");
-    group.throughput(Throughput::Elements(recipe.batch_size as u64));
+    group.throughput(Throughput::Elements(batch as u64));
     let backend = || CpuBackend::new(0).expect("thread pool");
-    // The kernels of CPUs without AVX2 and FMA, for comparison.
-    for (name, backend) in [("train_step", backend()), ("train_step_portable", backend().with_portable_kernels())] {
-        let mut train = model(backend, recipe.batch_size);
-        group.bench_function(BenchmarkId::new(name, recipe.batch_size), |b| {
-            b.iter(|| train.train_step(recipe.batch_size, &recipe, 1))
+    // The kernels of CPUs without AVX2 and FMA, for comparison; then the `fast` recipe's
+    // step at the reference batch size: AdamW and label smoothing.
+    for (name, backend, recipe) in [
+        ("train_step", backend(), &recipe),
+        ("train_step_portable", backend().with_portable_kernels(), &recipe),
+        ("train_step_adamw", backend(), &fast),
+    ] {
+        let (data, order) = examples(&backend, batch);
+        let mut train = model(backend, batch);
+        group.bench_function(BenchmarkId::new(name, batch), |b| {
+            b.iter(|| {
+                let examples = Examples { data: &data, order: &order, start: 0, len: batch, augment: None };
+                train.train_batch(examples, recipe, 1 << 20)
+            })
         });
     }
-    // The `fast` recipe's step at the reference batch size: AdamW and label smoothing.
-    let mut train = model(backend(), recipe.batch_size);
-    group.bench_function(BenchmarkId::new("train_step_adamw", recipe.batch_size), |b| {
-        b.iter(|| train.train_step(recipe.batch_size, &fast, 1 << 20))
-    });
     let mut eval = model(backend(), EVAL_BATCH);
     group.throughput(Throughput::Elements(EVAL_BATCH as u64));
     group.bench_function(BenchmarkId::new("eval_batch", EVAL_BATCH), |b| {

@@ -19,7 +19,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, ConvShape, LinearShape, ParamSlot, Stats, StepKey, StepScalars, Update};
+use crate::augment::Augmentation;
+use crate::backend::{Backend, ConvShape, Lanes, LinearShape, ParamSlot, Stats, StepKey, StepScalars, Update};
 pub use crate::data::{CLASSES, IMAGE_SIDE};
 use crate::recipe::Recipe;
 
@@ -698,7 +699,49 @@ impl<B: Backend> ParamState<B> {
             steps: 0,
         }
     }
+
+    /// The optimizer's step from `grads`, with the scalars already written.
+    fn update(&mut self, b: &B, update: Update) {
+        let ParamState { values, grads, momentum, second_moment, scalars, .. } = self;
+        match (update, second_moment) {
+            (Update::Sgd(u), _) => b.sgd_step(u, scalars, values, grads, momentum),
+            (Update::Adam(u), Some(v)) => b.adam_step(u, scalars, values, grads, momentum, v),
+            (Update::Adam(_), None) => unreachable!("allocated by Model::prepare_step"),
+        }
+    }
 }
+
+/// Examples `order[start..start + len]` of `data`, each transformed by `augment` when given:
+/// a training batch, which [`Model::train_batch`] gathers.
+pub struct Examples<'a, B: Backend> {
+    pub data: &'a B::Data,
+    pub order: &'a B::Idx,
+    pub start: usize,
+    pub len: usize,
+    pub augment: Option<&'a Augmentation>,
+}
+
+impl<B: Backend> Examples<'_, B> {
+    fn gather(&self, b: &B, ws: &mut Workspace<B>) {
+        b.gather(self.data, self.order, self.start, self.len, &mut ws.x, &mut ws.labels, self.augment);
+    }
+
+    /// Consecutive runs of `size` examples, the last one shorter when `size` does not divide.
+    fn chunks(&self, size: usize) -> Vec<Self> {
+        (0..self.len)
+            .step_by(size)
+            .map(|at| Examples { start: self.start + at, len: size.min(self.len - at), ..*self })
+            .collect()
+    }
+}
+
+impl<B: Backend> Clone for Examples<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for Examples<'_, B> {}
 
 /// A network bound to a backend, its parameters and its workspace: what training drives.
 pub struct Model<B: Backend> {
@@ -707,9 +750,23 @@ pub struct Model<B: Backend> {
     pub state: ParamState<B>,
     pub ws: Workspace<B>,
     pub stats: B::StatsBuf,
-    /// The workspace and stats of each lane of [`Model::evaluate`] after the first, which
-    /// uses the model's own; allocated by the first evaluation.
+    /// The workspace and stats of each lane of [`Model::evaluate`] and
+    /// [`Model::train_batch`] after the first, which uses the model's own; allocated on
+    /// first use.
     lanes: Vec<(Workspace<B>, B::StatsBuf)>,
+    /// The gradient of each chunk of a [`Model::train_batch`] split into chunks.
+    chunk_grads: Vec<B::Buf>,
+    /// The stats of the chunks trained since [`Model::take_stats`].
+    chunk_stats: Stats,
+}
+
+/// The workspace and stats of each lane: the model's own, then the spare ones.
+fn lane_buffers<'a, B: Backend>(
+    ws: &'a mut Workspace<B>,
+    stats: &'a mut B::StatsBuf,
+    spare: &'a mut [(Workspace<B>, B::StatsBuf)],
+) -> impl Iterator<Item = (&'a mut Workspace<B>, &'a mut B::StatsBuf)> {
+    std::iter::once((ws, stats)).chain(spare.iter_mut().map(|(ws, stats)| (ws, stats)))
 }
 
 impl<B: Backend> Model<B> {
@@ -717,7 +774,16 @@ impl<B: Backend> Model<B> {
         let state = ParamState::new(&backend, values);
         let ws = Workspace::new(&backend, &net, capacity);
         let stats = backend.new_stats();
-        Model { backend, net, state, ws, stats, lanes: Vec::new() }
+        Model {
+            backend,
+            net,
+            state,
+            ws,
+            stats,
+            lanes: Vec::new(),
+            chunk_grads: Vec::new(),
+            chunk_stats: Stats::default(),
+        }
     }
 
     /// The network `arch` with PyTorch's default initialization from `seed`.
@@ -728,25 +794,95 @@ impl<B: Backend> Model<B> {
     }
 
     /// One optimizer step of `recipe` on the batch already gathered into the workspace, in a
-    /// run of `total_steps` steps (the length a schedule spans).
+    /// run of `total_steps` steps (the length a schedule spans), the whole batch at once.
     pub fn train_step(&mut self, batch: usize, recipe: &Recipe, total_steps: u64) {
+        self.prepare_step(recipe, total_steps);
         let (update, smoothing) = (recipe.update(), recipe.label_smoothing);
         let Model { backend, net, state, ws, stats, .. } = self;
-        backend.write(&mut state.scalars, &recipe.step_scalars(state.steps, total_steps).to_array());
-        if matches!(update, Update::Adam(_)) && state.second_moment.is_none() {
-            state.second_moment = Some(backend.zeros(net.layout.total));
-        }
         backend.run_step(StepKey::new(batch, update, smoothing), &mut |b| {
             net.forward(b, &state.values, ws, batch, smoothing, stats);
             net.backward(b, &state.values, &mut state.grads, ws, batch);
-            let ParamState { values, grads, momentum, second_moment, scalars, .. } = state;
-            match (update, second_moment) {
-                (Update::Sgd(u), _) => b.sgd_step(u, scalars, values, grads, momentum),
-                (Update::Adam(u), Some(v)) => b.adam_step(u, scalars, values, grads, momentum, v),
-                (Update::Adam(_), None) => unreachable!("allocated above"),
-            }
+            state.update(b, update);
         });
         self.state.steps += 1;
+    }
+
+    /// One optimizer step of `recipe` on `examples`, as [`Model::train_step`] takes it. Where
+    /// the backend's [`Lanes`] take fewer images than the batch, the batch splits into chunks
+    /// of that many, each gathered, run forward and backward on a lane of its own (on the
+    /// CPU, a core whose caches keep the chunk's activations, and no op waits for the other
+    /// cores), and the chunks' gradients add up weighted by their share of the batch.
+    pub fn train_batch(&mut self, examples: Examples<'_, B>, recipe: &Recipe, total_steps: u64) {
+        let lanes = self.backend.lanes(examples.len);
+        if lanes.chunk >= examples.len {
+            examples.gather(&self.backend, &mut self.ws);
+            return self.train_step(examples.len, recipe, total_steps);
+        }
+        self.prepare_step(recipe, total_steps);
+        self.chunk_gradients(examples, lanes, recipe.label_smoothing);
+        let Model { backend, net, state, chunk_grads, .. } = self;
+        let (update, len) = (recipe.update(), net.layout.total);
+        backend.run(&mut |b| {
+            // In chunk order, so that the sum does not depend on the lane count.
+            for (k, (chunk, grads)) in examples.chunks(lanes.chunk).iter().zip(&*chunk_grads).enumerate() {
+                let share = chunk.len as f32 / examples.len as f32;
+                b.axpby(len, share, grads, if k == 0 { 0.0 } else { 1.0 }, &mut state.grads, false);
+            }
+            state.update(b, update);
+        });
+        self.state.steps += 1;
+    }
+
+    /// Writes the step's scalars and allocates what its optimizer needs first.
+    fn prepare_step(&mut self, recipe: &Recipe, total_steps: u64) {
+        let Model { backend, net, state, .. } = self;
+        backend.write(&mut state.scalars, &recipe.step_scalars(state.steps, total_steps).to_array());
+        if matches!(recipe.update(), Update::Adam(_)) && state.second_moment.is_none() {
+            state.second_moment = Some(backend.zeros(net.layout.total));
+        }
+    }
+
+    /// The gradient of the mean loss over each chunk of `examples` into `chunk_grads`, chunk
+    /// `k` on lane `k % lanes.count`.
+    fn chunk_gradients(&mut self, examples: Examples<'_, B>, lanes: Lanes, smoothing: f32) {
+        let chunks = examples.chunks(lanes.chunk);
+        self.add_lanes(lanes.count);
+        while self.chunk_grads.len() < chunks.len() {
+            self.chunk_grads.push(self.backend.zeros(self.net.layout.total));
+        }
+        let Model { backend, net, state, ws, stats, lanes: spare, chunk_grads, chunk_stats } = self;
+        let mut jobs: Vec<Vec<_>> = (0..lanes.count).map(|_| Vec::new()).collect();
+        for (k, job) in chunks.into_iter().zip(chunk_grads.iter_mut()).enumerate() {
+            jobs[k % lanes.count].push((k, job));
+        }
+        let (net, params, done) = (&*net, &state.values, Mutex::new(Vec::new()));
+        let mut runs: Vec<_> = lane_buffers(ws, stats, spare)
+            .zip(jobs)
+            .map(|((ws, stats), mut jobs)| {
+                let done = &done;
+                move |b: &B| {
+                    for (k, (chunk, grads)) in &mut jobs {
+                        chunk.gather(b, ws);
+                        net.forward(b, params, ws, chunk.len, smoothing, stats);
+                        net.backward(b, params, grads, ws, chunk.len);
+                        done.lock().expect("a lane panicked").push((*k, b.take_stats(stats)));
+                    }
+                }
+            })
+            .collect();
+        backend.run_lanes(&mut runs.iter_mut().map(|run| run as &mut (dyn FnMut(&B) + Send)).collect::<Vec<_>>());
+        let mut done = done.into_inner().expect("a lane panicked");
+        done.sort_by_key(|&(k, _)| k);
+        *chunk_stats = done.into_iter().fold(*chunk_stats, |sum, (_, chunk)| sum + chunk);
+    }
+
+    /// Spare workspaces for `count` lanes in all, each for the chunks [`Backend::lanes`]
+    /// gives the workspace's capacity.
+    fn add_lanes(&mut self, count: usize) {
+        let chunk = self.backend.lanes(self.ws.capacity).chunk;
+        while self.lanes.len() + 1 < count {
+            self.lanes.push((Workspace::new(&self.backend, &self.net, chunk), self.backend.new_stats()));
+        }
     }
 
     /// Forward only, accumulating loss and accuracy.
@@ -761,18 +897,15 @@ impl<B: Backend> Model<B> {
     /// so the result does not depend on which lane took which chunk.
     pub fn evaluate(&mut self, data: &B::Data, order: &B::Idx, len: usize, logits: Option<&mut [f32]>) -> Stats {
         let lanes = self.backend.lanes(self.ws.capacity);
-        while self.lanes.len() + 1 < lanes.count {
-            self.lanes.push((Workspace::new(&self.backend, &self.net, lanes.chunk), self.backend.new_stats()));
-        }
+        self.add_lanes(lanes.count);
         self.take_stats();
         let outs = logits.into_iter().flat_map(|out| out[..len * CLASSES].chunks_mut(lanes.chunk * CLASSES));
         let outs = outs.map(Some).chain(std::iter::repeat_with(|| None));
         let queue = Mutex::new((0..len).step_by(lanes.chunk).zip(outs).enumerate());
         let done = Mutex::new(Vec::new());
-        let Model { backend, net, state, ws, stats, lanes: spare } = self;
+        let Model { backend, net, state, ws, stats, lanes: spare, .. } = self;
         let (net, params) = (&*net, &state.values);
-        let mut runs: Vec<_> = std::iter::once((ws, stats))
-            .chain(spare.iter_mut().map(|(ws, stats)| (ws, stats)))
+        let mut runs: Vec<_> = lane_buffers(ws, stats, spare)
             .take(lanes.count)
             .map(|(ws, stats)| {
                 let (queue, done) = (&queue, &done);
@@ -793,10 +926,7 @@ impl<B: Backend> Model<B> {
         backend.run_lanes(&mut runs.iter_mut().map(|run| run as &mut (dyn FnMut(&B) + Send)).collect::<Vec<_>>());
         let mut done = done.into_inner().expect("a lane panicked");
         done.sort_by_key(|&(index, _)| index);
-        done.into_iter().fold(Stats::default(), |sum, (_, chunk)| Stats {
-            loss_sum: sum.loss_sum + chunk.loss_sum,
-            correct: sum.correct + chunk.correct,
-        })
+        done.into_iter().fold(Stats::default(), |sum, (_, chunk)| sum + chunk)
     }
 
     /// The backend, for a next model; this one's buffers are freed, and the steps the backend
@@ -807,7 +937,7 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn take_stats(&mut self) -> Stats {
-        self.backend.take_stats(&mut self.stats)
+        self.backend.take_stats(&mut self.stats) + std::mem::take(&mut self.chunk_stats)
     }
 
     pub fn params(&self) -> Vec<f32> {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::data::Split;
-use crate::model::Model;
+use crate::model::{Examples, Model};
 
 pub use crate::recipe::Recipe;
 
@@ -159,9 +159,8 @@ pub fn train_epoch<B: Backend>(
     while progress.batches < until.min(total) && !stop() && model.backend.failure().is_ok() {
         let start = progress.batches * recipe.batch_size;
         let batch = recipe.batch_size.min(train.len - start);
-        let ws = &mut model.ws;
-        model.backend.gather(&train.data, order, start, batch, &mut ws.x, &mut ws.labels, augment.as_ref());
-        model.train_step(batch, recipe, total_steps);
+        let examples = Examples { data: &train.data, order, start, len: batch, augment: augment.as_ref() };
+        model.train_batch(examples, recipe, total_steps);
         if recipe.grad_norm_every > 0 && model.state.steps.is_multiple_of(recipe.grad_norm_every as u64) {
             on_event(Event::GradNorms(&GradNorms { step: model.state.steps, epoch, norms: model.grad_norms() }));
         }

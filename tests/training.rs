@@ -5,7 +5,7 @@ use rand_chacha::ChaCha8Rng;
 use resnet_mnist::backend::cpu::CpuBackend;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::{self, DatasetKind, LoadOptions, Split, CLASSES, IMAGE_PIXELS};
-use resnet_mnist::model::{Model, Net};
+use resnet_mnist::model::{Examples, Model, Net};
 use resnet_mnist::train::{self, epoch_order, DeviceSplit, EpochProgress, Event, Recipe, EVAL_BATCH};
 
 mod common;
@@ -102,6 +102,40 @@ fn evaluation_does_not_depend_on_the_thread_count_and_matches_one_batch() {
             assert!(other == logits, "capacity {capacity}: {threads} threads give other logits than one");
             assert_eq!(other_evaluation.loss, evaluation.loss, "capacity {capacity}, {threads} threads");
         }
+    }
+}
+
+/// A batch larger than a lane's chunk of 32 trains chunk by chunk on the lanes (here 32, 32
+/// and 16 images), its chunks' gradients weighted by their share of the batch: the same step
+/// as the whole batch's up to rounding, and bit for bit the same whatever the thread count.
+#[test]
+fn a_batch_in_chunks_trains_like_one_batch_whatever_the_thread_count() {
+    let (split, batch) = (synthetic(240, 10), 80);
+    let recipe = Recipe { batch_size: batch, ..Recipe::default() };
+    let train = |threads, chunked: bool| {
+        let mut model = model(threads, 7, batch);
+        let device = DeviceSplit::new(&model.backend, &split);
+        let order = model.backend.upload_idx(&(0..split.len() as u32).collect::<Vec<_>>());
+        for start in (0..split.len()).step_by(batch) {
+            if chunked {
+                let examples = Examples { data: &device.data, order: &order, start, len: batch, augment: None };
+                model.train_batch(examples, &recipe, 3);
+            } else {
+                model.backend.gather(&device.data, &order, start, batch, &mut model.ws.x, &mut model.ws.labels, None);
+                model.train_step(batch, &recipe, 3);
+            }
+        }
+        (model.params(), model.take_stats())
+    };
+    let (whole, whole_stats) = train(1, false);
+    let (chunked, stats) = train(1, true);
+    let scale = whole.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = chunked.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(worst < 1e-5 * scale, "chunked parameters differ from the whole batch's by {worst}");
+    assert_eq!(stats.correct, whole_stats.correct);
+    assert!((stats.loss_sum - whole_stats.loss_sum).abs() < 1e-5 * whole_stats.loss_sum);
+    for threads in [2, 3] {
+        assert!(train(threads, true) == (chunked.clone(), stats), "{threads} threads train unlike one");
     }
 }
 

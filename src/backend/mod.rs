@@ -219,8 +219,9 @@ impl StepKey {
     }
 }
 
-/// How a backend best runs forward-only passes ([`Backend::lanes`]): `count` lanes at once,
-/// each taking `chunk` images at a time through the whole network.
+/// How a backend best runs a batch ([`Backend::lanes`]): `count` lanes at once, each taking
+/// `chunk` images at a time through the whole network (forward only, or forward and backward
+/// for a training batch split into chunks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lanes {
     pub count: usize,
@@ -234,6 +235,14 @@ pub struct Stats {
     pub loss_sum: f64,
     /// Examples whose arg-max logit equals the label.
     pub correct: u64,
+}
+
+impl std::ops::Add for Stats {
+    type Output = Stats;
+
+    fn add(self, other: Stats) -> Stats {
+        Stats { loss_sum: self.loss_sum + other.loss_sum, correct: self.correct + other.correct }
+    }
 }
 
 /// A device that stopped working after it started (a lost GPU, a failing kernel, memory
@@ -449,8 +458,8 @@ pub trait Backend {
         self.run(step);
     }
 
-    /// How [`Backend::run_lanes`] best takes forward-only passes over batches of up to `batch`
-    /// images. By default, one lane takes whole batches.
+    /// How [`Backend::run_lanes`] best takes batches of up to `batch` images. By default, one
+    /// lane takes whole batches, which a training step then runs as one.
     fn lanes(&self, batch: usize) -> Lanes {
         Lanes { count: 1, chunk: batch }
     }

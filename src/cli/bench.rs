@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use resnet_mnist::backend::Backend;
 use resnet_mnist::data::Dataset;
-use resnet_mnist::model::Model;
+use resnet_mnist::model::{Examples, Model};
 use resnet_mnist::train::{self, epoch_order, DeviceSplit};
 
 use super::args::BenchArgs;
@@ -45,9 +45,9 @@ pub fn bench<B: Backend>(backend: B, dataset: &Dataset, args: &BenchArgs) -> Res
         let started = Instant::now();
         for step in 0..steps {
             let start = (step * batch) % (train_split.len - batch + 1);
-            let ws = &mut model.ws;
-            model.backend.gather(&train_split.data, &order, start, batch, &mut ws.x, &mut ws.labels, augment.as_ref());
-            model.train_step(batch, &recipe, total_steps);
+            let examples =
+                Examples { data: &train_split.data, order: &order, start, len: batch, augment: augment.as_ref() };
+            model.train_batch(examples, &recipe, total_steps);
         }
         model.take_stats();
         (steps * batch) as f64 / started.elapsed().as_secs_f64()
