@@ -726,12 +726,11 @@ impl<B: Backend> Examples<'_, B> {
         b.gather(self.data, self.order, self.start, self.len, &mut ws.x, &mut ws.labels, self.augment);
     }
 
-    /// Consecutive runs of `size` examples, the last one shorter when `size` does not divide.
-    fn chunks(&self, size: usize) -> Vec<Self> {
-        (0..self.len)
-            .step_by(size)
-            .map(|at| Examples { start: self.start + at, len: size.min(self.len - at), ..*self })
-            .collect()
+    /// Chunk `k` of the runs of `size` examples, the last one shorter when `size` does not
+    /// divide.
+    fn chunk(&self, k: usize, size: usize) -> Self {
+        let at = k * size;
+        Examples { start: self.start + at, len: size.min(self.len - at), ..*self }
     }
 }
 
@@ -754,8 +753,9 @@ pub struct Model<B: Backend> {
     /// [`Model::train_batch`] after the first, which uses the model's own; allocated on
     /// first use.
     lanes: Vec<(Workspace<B>, B::StatsBuf)>,
-    /// The gradient of each chunk of a [`Model::train_batch`] split into chunks.
-    chunk_grads: Vec<B::Buf>,
+    /// The gradient and stats of each chunk of a [`Model::train_batch`] split into chunks,
+    /// each locked by the lane that computes it.
+    chunks: Vec<Mutex<(B::Buf, Stats)>>,
     /// The stats of the chunks trained since [`Model::take_stats`].
     chunk_stats: Stats,
 }
@@ -774,16 +774,7 @@ impl<B: Backend> Model<B> {
         let state = ParamState::new(&backend, values);
         let ws = Workspace::new(&backend, &net, capacity);
         let stats = backend.new_stats();
-        Model {
-            backend,
-            net,
-            state,
-            ws,
-            stats,
-            lanes: Vec::new(),
-            chunk_grads: Vec::new(),
-            chunk_stats: Stats::default(),
-        }
+        Model { backend, net, state, ws, stats, lanes: Vec::new(), chunks: Vec::new(), chunk_stats: Stats::default() }
     }
 
     /// The network `arch` with PyTorch's default initialization from `seed`.
@@ -820,12 +811,17 @@ impl<B: Backend> Model<B> {
         }
         self.prepare_step(recipe, total_steps);
         self.chunk_gradients(examples, lanes, recipe.label_smoothing);
-        let Model { backend, net, state, chunk_grads, .. } = self;
+        let Model { backend, net, state, chunks, chunk_stats, .. } = self;
         let (update, len) = (recipe.update(), net.layout.total);
+        let chunks = &mut chunks[..examples.len.div_ceil(lanes.chunk)];
+        // In chunk order, so that the sums do not depend on the lane count.
+        for chunk in chunks.iter_mut() {
+            *chunk_stats = *chunk_stats + chunk.get_mut().expect("a lane panicked").1;
+        }
         backend.run(&mut |b| {
-            // In chunk order, so that the sum does not depend on the lane count.
-            for (k, (chunk, grads)) in examples.chunks(lanes.chunk).iter().zip(&*chunk_grads).enumerate() {
-                let share = chunk.len as f32 / examples.len as f32;
+            for (k, chunk) in chunks.iter_mut().enumerate() {
+                let share = examples.chunk(k, lanes.chunk).len as f32 / examples.len as f32;
+                let grads = &chunk.get_mut().expect("a lane panicked").0;
                 b.axpby(len, share, grads, if k == 0 { 0.0 } else { 1.0 }, &mut state.grads, false);
             }
             state.update(b, update);
@@ -842,38 +838,33 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// The gradient of the mean loss over each chunk of `examples` into `chunk_grads`, chunk
-    /// `k` on lane `k % lanes.count`.
+    /// The gradient of the mean loss over each chunk of `examples`, and its stats, into
+    /// `chunks`; chunk `k` on lane `k % lanes.count`.
     fn chunk_gradients(&mut self, examples: Examples<'_, B>, lanes: Lanes, smoothing: f32) {
-        let chunks = examples.chunks(lanes.chunk);
+        let count = examples.len.div_ceil(lanes.chunk);
         self.add_lanes(lanes.count);
-        while self.chunk_grads.len() < chunks.len() {
-            self.chunk_grads.push(self.backend.zeros(self.net.layout.total));
+        while self.chunks.len() < count {
+            self.chunks.push(Mutex::new((self.backend.zeros(self.net.layout.total), Stats::default())));
         }
-        let Model { backend, net, state, ws, stats, lanes: spare, chunk_grads, chunk_stats } = self;
-        let mut jobs: Vec<Vec<_>> = (0..lanes.count).map(|_| Vec::new()).collect();
-        for (k, job) in chunks.into_iter().zip(chunk_grads.iter_mut()).enumerate() {
-            jobs[k % lanes.count].push((k, job));
-        }
-        let (net, params, done) = (&*net, &state.values, Mutex::new(Vec::new()));
+        let Model { backend, net, state, ws, stats, lanes: spare, chunks, .. } = self;
+        let (net, params, chunks) = (&*net, &state.values, &chunks[..count]);
         let mut runs: Vec<_> = lane_buffers(ws, stats, spare)
-            .zip(jobs)
-            .map(|((ws, stats), mut jobs)| {
-                let done = &done;
+            .take(lanes.count)
+            .enumerate()
+            .map(|(lane, (ws, stats))| {
                 move |b: &B| {
-                    for (k, (chunk, grads)) in &mut jobs {
+                    for k in (lane..count).step_by(lanes.count) {
+                        let (chunk, mut slot) =
+                            (examples.chunk(k, lanes.chunk), chunks[k].lock().expect("a lane panicked"));
                         chunk.gather(b, ws);
                         net.forward(b, params, ws, chunk.len, smoothing, stats);
-                        net.backward(b, params, grads, ws, chunk.len);
-                        done.lock().expect("a lane panicked").push((*k, b.take_stats(stats)));
+                        net.backward(b, params, &mut slot.0, ws, chunk.len);
+                        slot.1 = b.take_stats(stats);
                     }
                 }
             })
             .collect();
         backend.run_lanes(&mut runs.iter_mut().map(|run| run as &mut (dyn FnMut(&B) + Send)).collect::<Vec<_>>());
-        let mut done = done.into_inner().expect("a lane panicked");
-        done.sort_by_key(|&(k, _)| k);
-        *chunk_stats = done.into_iter().fold(*chunk_stats, |sum, (_, chunk)| sum + chunk);
     }
 
     /// Spare workspaces for `count` lanes in all, each for the chunks [`Backend::lanes`]
