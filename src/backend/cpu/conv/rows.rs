@@ -65,7 +65,14 @@ pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: Outpu
         with_scratch(images * planes.len(), 0, |scratch, _| {
             let input = pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
             let (kernel, out_channels) = (s.kernel, s.c_out);
-            convs.isa.run(RowFilterGrad(FilterGrad { input, planes, kernel, dy, out_channels, out }));
+            let mut g = FilterGrad { input, planes, kernel, dy, out_channels, out };
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = convs.isa.wide() {
+                simd.run(wide::WideRowFilterGrad(&mut g));
+                done = wide::filter_grad_channels(out_channels);
+            }
+            convs.isa.run(RowFilterGrad { g, first: done });
         });
     });
     grads.copy_from_slice(&partials[..grads.len()]);
@@ -167,15 +174,19 @@ fn forward_tile<S: Simd, const CO: usize, const PV: usize>(
 }
 
 /// The weight and bias gradients of a group of images, `[co][ci][ky][kx]` then `[co]`, from
-/// the output gradient NCHW.
-struct RowFilterGrad<'a>(FilterGrad<'a>);
+/// the output gradient NCHW: the weights' from output channel `first` on (those before it
+/// computed in AVX-512 registers), the bias's of every channel.
+struct RowFilterGrad<'a> {
+    g: FilterGrad<'a>,
+    first: usize,
+}
 
 impl Kernel for RowFilterGrad<'_> {
     #[inline(always)]
     fn run<S: Simd>(self, simd: S) {
-        let mut g = self.0;
+        let mut g = self.g;
         let k = g.kernel;
-        for first in (0..g.out_channels).step_by(2) {
+        for first in (self.first..g.out_channels).step_by(2) {
             let n = 2.min(g.out_channels - first);
             for ci in 0..g.planes.channels {
                 for ky in 0..k {

@@ -209,11 +209,12 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
     use std::arch::x86_64::{
-        __m256, __m512, _mm256_castpd_ps, _mm256_storeu_ps, _mm512_add_epi32, _mm512_add_ps, _mm512_castps512_ps256,
-        _mm512_castps_pd, _mm512_cmp_ps_mask, _mm512_extractf64x4_pd, _mm512_fmadd_ps, _mm512_loadu_ps,
-        _mm512_mask_blend_epi32, _mm512_mask_blend_ps, _mm512_mask_storeu_epi32, _mm512_mask_storeu_ps,
-        _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_permutex2var_ps, _mm512_set1_epi32, _mm512_set1_ps,
-        _mm512_setr_epi32, _mm512_setzero_ps, _mm512_storeu_ps, _CMP_GT_OQ,
+        __m256, __m512, _mm256_castpd_ps, _mm256_castps_pd, _mm256_loadu_ps, _mm256_storeu_ps, _mm512_add_epi32,
+        _mm512_add_ps, _mm512_broadcast_f64x4, _mm512_castpd_ps, _mm512_castps256_ps512, _mm512_castps512_ps256,
+        _mm512_castps_pd, _mm512_cmp_ps_mask, _mm512_extractf64x4_pd, _mm512_fmadd_ps, _mm512_insertf64x4,
+        _mm512_loadu_ps, _mm512_mask_blend_epi32, _mm512_mask_blend_ps, _mm512_mask_storeu_epi32,
+        _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_permutex2var_ps, _mm512_set1_epi32,
+        _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_storeu_ps, _CMP_GT_OQ,
     };
 
     use super::avx2::transpose8;
@@ -381,6 +382,28 @@ pub mod avx512 {
                 }
             }
             out
+        }
+
+        /// `acc + a·b`, lane by lane.
+        #[inline(always)]
+        pub fn fma(self, a: __m512, b: __m512, acc: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, acc) }
+        }
+
+        /// `low` in lanes 0..8 and `high` in lanes 8..16.
+        #[inline(always)]
+        pub fn load_halves(self, low: &[f32; 8], high: &[f32; 8]) -> __m512 {
+            unsafe {
+                let low = _mm512_castps256_ps512(_mm256_loadu_ps(low.as_ptr()));
+                let high = _mm256_castps_pd(_mm256_loadu_ps(high.as_ptr()));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(low), high))
+            }
+        }
+
+        /// `v` in both halves.
+        #[inline(always)]
+        pub fn broadcast_half(self, v: &[f32; 8]) -> __m512 {
+            unsafe { _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(v.as_ptr())))) }
         }
 
         /// Lanes 0..8 of `v`, or 8..16 when `high`.

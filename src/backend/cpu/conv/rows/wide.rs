@@ -1,4 +1,5 @@
-//! The row kernels' forward pass in AVX-512 registers.
+//! The row kernels in AVX-512 registers: the forward pass, and the filter gradient of the
+//! output channels that fill its tiles.
 //!
 //! A 16-lane register is wider than many output rows (conv1's are 24 pixels), so a vector
 //! here is 16 consecutive pixels of the output plane, running on across rows. Such a vector
@@ -12,10 +13,16 @@
 //!
 //! so that every lane holds a pixel that is stored, and no tile transposes anything. Each
 //! output adds its bias and then its products in the order of the AVX2 row kernels, so the
-//! two agree exactly.
+//! two agree exactly. The filter gradient keeps the AVX2 kernels' 8-lane sums, two output
+//! channels to a register ([`WideRowFilterGrad`]).
 
 use super::super::simd::avx512::{register, Avx512, WideKernel, LANES};
-use super::super::{pad_planes, with_filter_size, Convolutions, Output, Planes};
+use std::array;
+
+use super::super::{pad_planes, vector, with_filter_size, Convolutions, FilterGrad, Output, Planes};
+// The AVX2 row kernels' vectors, half a register here.
+use super::super::LANES as HALF;
+use super::ROW_TAPS;
 use crate::backend::ConvShape;
 
 /// Output channels of a tile: 8 channels by 3 pixel vectors are 24 accumulators, which
@@ -171,6 +178,90 @@ fn tile(simd: Avx512, f: &mut WideRowForward, k: usize, weights: &[f32], first: 
             if at < plane {
                 let acc = acc[i][p];
                 simd.store_first(&mut out[at..], if f.relu { simd.relu(acc) } else { acc });
+            }
+        }
+    }
+}
+
+/// Output channels a filter-gradient tile covers: 2 pairs, a pair's two channels in the
+/// halves of a register. (With 4 pairs, LLVM spilled the 20 accumulators at every row to
+/// make room for the 8 rows' pointers, and the tile ran at the AVX2 tile's speed.)
+const GRAD_CHANNELS: usize = 4;
+
+/// The row kernels' filter gradient for the output channels that fill whole tiles of
+/// [`GRAD_CHANNELS`], in AVX-512 registers: the AVX2 tile's 8-lane sums of two channels sit
+/// in the two halves of one register, so that a multiply-add does both, and each half adds
+/// its products and sums its lanes in the AVX2 tile's order.
+pub struct WideRowFilterGrad<'a, 'g>(pub &'a mut FilterGrad<'g>);
+
+impl WideKernel for WideRowFilterGrad<'_, '_> {
+    #[inline(always)]
+    fn run(self, simd: Avx512) {
+        let g = self.0;
+        let k = g.kernel;
+        for first in (0..filter_grad_channels(g.out_channels)).step_by(GRAD_CHANNELS) {
+            for ci in 0..g.planes.channels {
+                for ky in 0..k {
+                    for kx in (0..k).step_by(ROW_TAPS) {
+                        match ROW_TAPS.min(k - kx) {
+                            1 => filter_tile::<1>(simd, g, first, (ci, ky, kx)),
+                            2 => filter_tile::<2>(simd, g, first, (ci, ky, kx)),
+                            3 => filter_tile::<3>(simd, g, first, (ci, ky, kx)),
+                            4 => filter_tile::<4>(simd, g, first, (ci, ky, kx)),
+                            5 => filter_tile::<5>(simd, g, first, (ci, ky, kx)),
+                            6 => filter_tile::<6>(simd, g, first, (ci, ky, kx)),
+                            t => unreachable!("a filter-gradient tile of {t} taps"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many output channels [`WideRowFilterGrad`] covers of `out_channels`.
+pub fn filter_grad_channels(out_channels: usize) -> usize {
+    out_channels - out_channels % GRAD_CHANNELS
+}
+
+/// Taps `(ci, ky, kx..kx + T)` of output channels `first..first + GRAD_CHANNELS`.
+#[inline(always)]
+fn filter_tile<const T: usize>(simd: Avx512, g: &mut FilterGrad, first: usize, (ci, ky, kx): (usize, usize, usize)) {
+    const PAIRS: usize = GRAD_CHANNELS / 2;
+    let (k, planes) = (g.kernel, g.planes);
+    let (ho, wo) = planes.out(k);
+    let (plane, vectors) = (ho * wo, wo / HALF);
+    let mut acc = [[simd.zero(); T]; PAIRS];
+    for (x, dy) in g.input.chunks_exact(planes.len()).zip(g.dy.chunks_exact(g.out_channels * plane)) {
+        let x = &x[(ci * planes.height + ky) * planes.width + kx..];
+        let dy = &dy[first * plane..][..GRAD_CHANNELS * plane];
+        for oy in 0..ho {
+            let row = &x[oy * planes.width..][..wo + T - 1];
+            let dy_rows: [&[f32]; GRAD_CHANNELS] = array::from_fn(|i| &dy[i * plane + oy * wo..][..wo]);
+            for v in 0..vectors {
+                let at = v * HALF;
+                // Loops, not `array::from_fn`, whose closures do not inline into the entry
+                // point, so that each intrinsic compiles as a call.
+                let mut d = [simd.zero(); PAIRS];
+                for p in 0..PAIRS {
+                    d[p] = simd.load_halves(vector(&dy_rows[2 * p][at..]), vector(&dy_rows[2 * p + 1][at..]));
+                }
+                let xs = &row[at..][..HALF + T - 1];
+                for t in 0..T {
+                    let x = simd.broadcast_half(vector(&xs[t..]));
+                    for p in 0..PAIRS {
+                        acc[p][t] = simd.fma(d[p], x, acc[p][t]);
+                    }
+                }
+            }
+        }
+    }
+    let patch = planes.channels * k * k;
+    for p in 0..PAIRS {
+        for t in 0..T {
+            let sums = simd.store(acc[p][t]);
+            for (c, lanes) in sums.chunks_exact(HALF).enumerate() {
+                g.out[(first + 2 * p + c) * patch + (ci * k + ky) * k + kx + t] = lanes.iter().sum();
             }
         }
     }
