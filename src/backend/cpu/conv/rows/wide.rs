@@ -257,6 +257,9 @@ fn filter_tile<const T: usize>(simd: Avx512, g: &mut FilterGrad, first: usize, (
         }
     }
     let patch = planes.channels * k * k;
+    // Indices, not iterators, here too: iterated by reference, the accumulators live in
+    // memory through the whole tile (10.5 µs an image against 7.1).
+    #[allow(clippy::needless_range_loop)]
     for p in 0..PAIRS {
         for t in 0..T {
             let sums = simd.store(acc[p][t]);
