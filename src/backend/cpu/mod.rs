@@ -174,12 +174,31 @@ fn spawn_lanes(backends: &[CpuBackend], lanes: &mut [&mut (dyn FnMut(&CpuBackend
     }
 }
 
-fn par_map2(a: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
-    out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(a.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(o, a)| {
-        for (o, &a) in o.iter_mut().zip(a) {
+/// `out[i] = f(a[i], out[i])`, in parallel chunks.
+fn par_map2(isa: conv::Isa, a: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync + Copy) {
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(out, a)| isa.run(Map2 { a, out, f }));
+}
+
+/// A chunk of [`par_map2`] as a [`conv::Kernel`], so that LLVM vectorizes it with AVX2 where
+/// the CPU has it; and `f` a copy of its own, whose captured scalars then stay in registers.
+/// (Called through a reference from rayon's closure, `f` reloaded them for every element,
+/// which kept the loop scalar: 40 µs for 41k floats.)
+struct Map2<'a, F> {
+    a: &'a [f32],
+    out: &'a mut [f32],
+    f: F,
+}
+
+impl<F: Fn(f32, f32) -> f32> conv::Kernel for Map2<'_, F> {
+    #[inline(always)]
+    fn run<S: conv::Simd>(self, _simd: S) {
+        let f = self.f;
+        for (o, &a) in self.out.iter_mut().zip(self.a) {
             *o = f(a, *o);
         }
-    });
+    }
 }
 
 impl Backend for CpuBackend {
@@ -338,16 +357,17 @@ impl Backend for CpuBackend {
     }
 
     fn relu_backward(&self, len: usize, y: &Vec<f32>, dy: &mut Vec<f32>) {
-        self.pool.install(|| par_map2(&y[..len], &mut dy[..len], |y, d| if y > 0.0 { d } else { 0.0 }));
+        let isa = self.conv.isa();
+        self.pool.install(|| par_map2(isa, &y[..len], &mut dy[..len], |y, d| if y > 0.0 { d } else { 0.0 }));
     }
 
     fn axpby(&self, len: usize, alpha: f32, a: &Vec<f32>, beta: f32, y: &mut Vec<f32>, relu: bool) {
-        let act = |v: f32| if relu { v.max(0.0) } else { v };
+        let (isa, act) = (self.conv.isa(), move |v: f32| if relu { v.max(0.0) } else { v });
         self.pool.install(|| {
             if beta == 0.0 {
-                par_map2(&a[..len], &mut y[..len], |a, _| act(alpha * a));
+                par_map2(isa, &a[..len], &mut y[..len], move |a, _| act(alpha * a));
             } else {
-                par_map2(&a[..len], &mut y[..len], |a, y| act(alpha * a + beta * y));
+                par_map2(isa, &a[..len], &mut y[..len], move |a, y| act(alpha * a + beta * y));
             }
         });
     }
