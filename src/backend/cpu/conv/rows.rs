@@ -66,16 +66,24 @@ pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: Outpu
             let input = pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
             let (kernel, out_channels) = (s.kernel, s.c_out);
             let mut g = FilterGrad { input, planes, kernel, dy, out_channels, out };
-            let mut done = 0;
-            #[cfg(target_arch = "x86_64")]
-            if let Some(simd) = convs.isa.wide() {
-                simd.run(wide::WideRowFilterGrad(&mut g));
-                done = wide::filter_grad_channels(out_channels);
-            }
-            convs.isa.run(RowFilterGrad { g, first: done });
+            let first = wide_filter_grad(convs, &mut g);
+            convs.isa.run(RowFilterGrad { g, first });
         });
     });
     grads.copy_from_slice(&partials[..grads.len()]);
+}
+
+/// The weight gradient of the first output channels in AVX-512 registers, where the CPU has
+/// them ([`wide::WideRowFilterGrad`]); returns how many it covered.
+fn wide_filter_grad(convs: &Convolutions, g: &mut FilterGrad) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = convs.isa.wide() {
+        simd.run(wide::WideRowFilterGrad(&mut *g));
+        return wide::filter_grad_channels(g.out_channels);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (convs, g);
+    0
 }
 
 /// Packs `W[co][tap]` for [`RowForward`]: for each group of output channels a tile covers,

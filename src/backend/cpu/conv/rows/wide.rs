@@ -16,9 +16,9 @@
 //! two agree exactly. The filter gradient keeps the AVX2 kernels' 8-lane sums, two output
 //! channels to a register ([`WideRowFilterGrad`]).
 
-use super::super::simd::avx512::{register, Avx512, WideKernel, LANES};
 use std::array;
 
+use super::super::simd::avx512::{register, Avx512, WideKernel, LANES};
 use super::super::{pad_planes, vector, with_filter_size, Convolutions, FilterGrad, Output, Planes};
 // The AVX2 row kernels' vectors, half a register here.
 use super::super::LANES as HALF;
