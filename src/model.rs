@@ -12,7 +12,8 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use clap::ValueEnum;
 use rand::{Rng, SeedableRng};
@@ -810,22 +811,12 @@ impl<B: Backend> Model<B> {
             return self.train_step(examples.len, recipe, total_steps);
         }
         self.prepare_step(recipe, total_steps);
-        self.chunk_gradients(examples, lanes, recipe.label_smoothing);
-        let Model { backend, net, state, chunks, chunk_stats, .. } = self;
-        let (update, len) = (recipe.update(), net.layout.total);
-        let chunks = &mut chunks[..examples.len.div_ceil(lanes.chunk)];
+        self.chunk_step(examples, lanes, recipe);
+        let chunks = &mut self.chunks[..examples.len.div_ceil(lanes.chunk)];
         // In chunk order, so that the sums do not depend on the lane count.
         for chunk in chunks.iter_mut() {
-            *chunk_stats = *chunk_stats + chunk.get_mut().expect("a lane panicked").1;
+            self.chunk_stats = self.chunk_stats + chunk.get_mut().expect("a lane panicked").1;
         }
-        backend.run(&mut |b| {
-            for (k, chunk) in chunks.iter_mut().enumerate() {
-                let share = examples.chunk(k, lanes.chunk).len as f32 / examples.len as f32;
-                let grads = &chunk.get_mut().expect("a lane panicked").0;
-                b.axpby(len, share, grads, if k == 0 { 0.0 } else { 1.0 }, &mut state.grads, false);
-            }
-            state.update(b, update);
-        });
         self.state.steps += 1;
     }
 
@@ -839,27 +830,46 @@ impl<B: Backend> Model<B> {
     }
 
     /// The gradient of the mean loss over each chunk of `examples`, and its stats, into
-    /// `chunks`; chunk `k` on lane `k % lanes.count`.
-    fn chunk_gradients(&mut self, examples: Examples<'_, B>, lanes: Lanes, smoothing: f32) {
+    /// `chunks`, chunk `k` on lane `k % lanes.count`; then, on the lane that finishes last,
+    /// the chunks' gradients summed and the optimizer's update. (Run after the lanes, from
+    /// this thread, the update waited for a pool's thread to wake and this one to wake again:
+    /// 75 µs of a training step's 3.3 ms, where the update itself takes 50.)
+    fn chunk_step(&mut self, examples: Examples<'_, B>, lanes: Lanes, recipe: &Recipe) {
         let count = examples.len.div_ceil(lanes.chunk);
         self.add_lanes(lanes.count);
         while self.chunks.len() < count {
             self.chunks.push(Mutex::new((self.backend.zeros(self.net.layout.total), Stats::default())));
         }
         let Model { backend, net, state, ws, stats, lanes: spare, chunks, .. } = self;
-        let (net, params, chunks) = (&*net, &state.values, &chunks[..count]);
+        let (net, chunks, len) = (&*net, &chunks[..count], net.layout.total);
+        let (state, running) = (RwLock::new(state), AtomicUsize::new(lanes.count));
+        let update = |b: &B| {
+            let mut state = state.write().expect("a lane panicked");
+            for (k, chunk) in chunks.iter().enumerate() {
+                let share = examples.chunk(k, lanes.chunk).len as f32 / examples.len as f32;
+                let grads = &chunk.lock().expect("a lane panicked").0;
+                b.axpby(len, share, grads, if k == 0 { 0.0 } else { 1.0 }, &mut state.grads, false);
+            }
+            state.update(b, recipe.update());
+        };
+        let (state, running, update) = (&state, &running, &update);
         let mut runs: Vec<_> = lane_buffers(ws, stats, spare)
             .take(lanes.count)
             .enumerate()
             .map(|(lane, (ws, stats))| {
                 move |b: &B| {
+                    let params = state.read().expect("a lane panicked");
                     for k in (lane..count).step_by(lanes.count) {
                         let (chunk, mut slot) =
                             (examples.chunk(k, lanes.chunk), chunks[k].lock().expect("a lane panicked"));
                         chunk.gather(b, ws);
-                        net.forward(b, params, ws, chunk.len, smoothing, stats);
-                        net.backward(b, params, &mut slot.0, ws, chunk.len);
+                        net.forward(b, &params.values, ws, chunk.len, recipe.label_smoothing, stats);
+                        net.backward(b, &params.values, &mut slot.0, ws, chunk.len);
                         slot.1 = b.take_stats(stats);
+                    }
+                    drop(params);
+                    if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        update(b);
                     }
                 }
             })
