@@ -45,20 +45,22 @@ pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: Outpu
     let partials = convs.filter_grad_tasks(s, x, dy, (taps + 1) * stride, |x, dy, partial| {
         let images = x.len() / s.in_image();
         let (out, bias_grad) = partial.split_at_mut(taps * stride);
-        with_scratch(images * planes.len(), images * pixels * stride, |scratch, dy_last| {
-            let input = pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
-            bias_grad.fill(0.0);
-            for (dy, dy_last) in dy.chunks_exact(s.out_image()).zip(dy_last.chunks_exact_mut(pixels * stride)) {
-                let bias_grad = &mut bias_grad[..s.c_out];
-                convs.isa.run(PackOutputGrad { dy, pixels, dst: dy_last, bias_grad });
-            }
-            let (kernel, out_channels) = (s.kernel, s.c_out);
-            let g = FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out };
-            #[cfg(target_arch = "x86_64")]
-            if let Some(simd) = convs.isa.wide().filter(|_| wide::fits(out_channels)) {
-                return simd.run(wide::WideTaps(g));
-            }
-            convs.isa.run(TapTiles(g));
+        dy.with_full(s, images, |dy| {
+            with_scratch(images * planes.len(), images * pixels * stride, |scratch, dy_last| {
+                let input = pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
+                bias_grad.fill(0.0);
+                for (dy, dy_last) in dy.chunks_exact(s.out_image()).zip(dy_last.chunks_exact_mut(pixels * stride)) {
+                    let bias_grad = &mut bias_grad[..s.c_out];
+                    convs.isa.run(PackOutputGrad { dy, pixels, dst: dy_last, bias_grad });
+                }
+                let (kernel, out_channels) = (s.kernel, s.c_out);
+                let g = FilterGrad { input, planes, kernel, dy: dy_last, out_channels, out };
+                #[cfg(target_arch = "x86_64")]
+                if let Some(simd) = convs.isa.wide().filter(|_| wide::fits(out_channels)) {
+                    return simd.run(wide::WideTaps(g));
+                }
+                convs.isa.run(TapTiles(g));
+            })
         });
     });
     let (dw, db) = grads.split_at_mut(s.weight_len());

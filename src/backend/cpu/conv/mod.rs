@@ -12,6 +12,8 @@
 //!   channel vectors;
 //! - [`rows`]: a first layer (few input channels, output rows of whole vectors), vectorized
 //!   along rows;
+//! - [`pooled`]: a first layer's filter gradient straight from its max-pooled gradient,
+//!   a quarter of the dense products;
 //! - [`scatter`]: the data gradient of a layer with little padding;
 //! - [`winograd`]: F(4×4, 5×5), the forward pass and data gradient of a 5×5 layer over
 //!   enough channels, in 6.25× fewer multiplies.
@@ -39,6 +41,7 @@ use super::pool::{maxpool_plane, unpool};
 use crate::backend::ConvShape;
 
 mod direct;
+mod pooled;
 mod rows;
 mod scatter;
 mod simd;
@@ -216,10 +219,12 @@ impl Convolutions {
     /// The weight and bias gradients, `grads` = `[co][ci][ky][kx]` then `[co]`.
     pub fn backward_params(&self, s: &ConvShape, x: &[f32], dy: OutputGrad, grads: &mut [f32]) {
         let x = &x[..s.in_len()];
-        if rows::fits(s) {
-            rows::backward_params(self, s, x, dy, grads)
-        } else {
-            direct::backward_params(self, s, x, dy, grads)
+        match dy {
+            OutputGrad::Pooled { d_pooled, argmax } if pooled::fits(s) => {
+                pooled::backward_params(self, s, x, d_pooled, argmax, grads)
+            }
+            _ if rows::fits(s) => rows::backward_params(self, s, x, dy, grads),
+            _ => direct::backward_params(self, s, x, dy, grads),
         }
     }
 
@@ -298,14 +303,14 @@ impl Convolutions {
         x: &[f32],
         dy: OutputGrad,
         partial_len: usize,
-        f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+        f: impl Fn(&[f32], OutputGrad, &mut [f32]) + Sync,
     ) -> MappedGuard<'_> {
         let tasks = Tasks::for_filter_grad(s);
         let mut partials = grown(&self.partials, tasks.count * partial_len);
         partials.par_chunks_mut(partial_len).enumerate().for_each(|(task, partial)| {
             let images = tasks.images(task, s.batch);
             let x = &x[images.start * s.in_image()..images.end * s.in_image()];
-            dy.with_images(s, images, |dy| f(x, dy, partial));
+            f(x, dy.images(s, images), partial);
         });
         let (sum, rest) = partials.split_at_mut(partial_len);
         for partial in rest.chunks_exact(partial_len) {
@@ -352,22 +357,29 @@ pub enum OutputGrad<'a> {
     Pooled { d_pooled: &'a [f32], argmax: &'a [u32] },
 }
 
-impl OutputGrad<'_> {
-    /// Runs `f` with the full output gradient of `images`.
-    fn with_images(self, s: &ConvShape, images: Range<usize>, f: impl FnOnce(&[f32])) {
+impl<'a> OutputGrad<'a> {
+    /// The part of `images`.
+    fn images(self, s: &ConvShape, images: Range<usize>) -> Self {
         match self {
-            OutputGrad::Full(dy) => f(&dy[images.start * s.out_image()..images.end * s.out_image()]),
+            OutputGrad::Full(dy) => OutputGrad::Full(&dy[images.start * s.out_image()..images.end * s.out_image()]),
             OutputGrad::Pooled { d_pooled, argmax } => {
-                let pool = s.pool();
-                let per_image = pool.channels * pool.out_plane();
+                let per_image = s.pool().channels * s.pool().out_plane();
                 let pooled = images.start * per_image..images.end * per_image;
-                EXPANDED.with(|dy| {
-                    let mut dy = dy.borrow_mut();
-                    let dy = aligned(&mut dy, images.len() * s.out_image());
-                    unpool(&pool, &d_pooled[pooled.clone()], &argmax[pooled], dy);
-                    f(dy);
-                });
+                OutputGrad::Pooled { d_pooled: &d_pooled[pooled.clone()], argmax: &argmax[pooled] }
             }
+        }
+    }
+
+    /// Runs `f` with the full output gradient of these `images`.
+    fn with_full(self, s: &ConvShape, images: usize, f: impl FnOnce(&[f32])) {
+        match self {
+            OutputGrad::Full(dy) => f(dy),
+            OutputGrad::Pooled { d_pooled, argmax } => EXPANDED.with(|dy| {
+                let mut dy = dy.borrow_mut();
+                let dy = aligned(&mut dy, images * s.out_image());
+                unpool(&s.pool(), d_pooled, argmax, dy);
+                f(dy);
+            }),
         }
     }
 }

@@ -62,12 +62,14 @@ pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: Outpu
     let planes = Planes::input(s);
     let partials = convs.filter_grad_tasks(s, x, dy, grads.len(), |x, dy, out| {
         let images = x.len() / s.in_image();
-        with_scratch(images * planes.len(), 0, |scratch, _| {
-            let input = pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
-            let (kernel, out_channels) = (s.kernel, s.c_out);
-            let mut g = FilterGrad { input, planes, kernel, dy, out_channels, out };
-            let first = wide_filter_grad(convs, &mut g);
-            convs.isa.run(RowFilterGrad { g, first });
+        dy.with_full(s, images, |dy| {
+            with_scratch(images * planes.len(), 0, |scratch, _| {
+                let input = pad_planes(x, s.height, s.width, s.pad as isize, planes, scratch);
+                let (kernel, out_channels) = (s.kernel, s.c_out);
+                let mut g = FilterGrad { input, planes, kernel, dy, out_channels, out };
+                let first = wide_filter_grad(convs, &mut g);
+                convs.isa.run(RowFilterGrad { g, first });
+            })
         });
     });
     grads.copy_from_slice(&partials[..grads.len()]);
