@@ -220,9 +220,7 @@ impl Convolutions {
     pub fn backward_params(&self, s: &ConvShape, x: &[f32], dy: OutputGrad, grads: &mut [f32]) {
         let x = &x[..s.in_len()];
         match dy {
-            OutputGrad::Pooled { d_pooled, argmax } if pooled::fits(s) => {
-                pooled::backward_params(self, s, x, d_pooled, argmax, grads)
-            }
+            OutputGrad::Pooled { .. } if pooled::fits(s) => pooled::backward_params(self, s, x, dy, grads),
             _ if rows::fits(s) => rows::backward_params(self, s, x, dy, grads),
             _ => direct::backward_params(self, s, x, dy, grads),
         }
@@ -363,7 +361,8 @@ impl<'a> OutputGrad<'a> {
         match self {
             OutputGrad::Full(dy) => OutputGrad::Full(&dy[images.start * s.out_image()..images.end * s.out_image()]),
             OutputGrad::Pooled { d_pooled, argmax } => {
-                let per_image = s.pool().channels * s.pool().out_plane();
+                let pool = s.pool();
+                let per_image = pool.channels * pool.out_plane();
                 let pooled = images.start * per_image..images.end * per_image;
                 OutputGrad::Pooled { d_pooled: &d_pooled[pooled.clone()], argmax: &argmax[pooled] }
             }

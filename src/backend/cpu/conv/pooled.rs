@@ -14,7 +14,9 @@
 //! pooled gradient, summed in one accumulator per filter row (its lanes past the filter's
 //! width are left over).
 
-use super::{pad_planes, vector, with_filter_size, with_scratch, Convolutions, Kernel, Planes, Simd, LANES};
+use super::{
+    pad_planes, vector, with_filter_size, with_scratch, Convolutions, Kernel, OutputGrad, Planes, Simd, LANES,
+};
 use crate::backend::{ConvShape, PoolShape};
 
 /// Output channels a tile takes at once: two channels' filter rows are 10 accumulators for
@@ -29,26 +31,22 @@ pub fn fits(s: &ConvShape) -> bool {
     s.kernel <= LANES && s.c_in < LANES
 }
 
-pub fn backward_params(
-    convs: &Convolutions,
-    s: &ConvShape,
-    x: &[f32],
-    d_pooled: &[f32],
-    argmax: &[u32],
-    grads: &mut [f32],
-) {
+/// The gradients from `dy`, which [`Convolutions::backward_params`] hands here pooled.
+pub fn backward_params(convs: &Convolutions, s: &ConvShape, x: &[f32], dy: OutputGrad, grads: &mut [f32]) {
     let (planes, pool) = (Planes::input(s), s.pool());
-    let dy = super::OutputGrad::Pooled { d_pooled, argmax };
     let partials = convs.filter_grad_tasks(s, x, dy, grads.len(), |x, dy, out| {
-        let super::OutputGrad::Pooled { d_pooled, argmax } = dy else { unreachable!("a pooled gradient's part") };
+        let OutputGrad::Pooled { d_pooled, argmax } = dy else { unreachable!("a full gradient, expanded already") };
         let images = x.len() / s.in_image();
         let len = images * planes.len();
-        // A vector's slack past the planes, so that every filter row loads whole.
+        // A vector's slack past the planes, so that every filter row loads whole: the planes
+        // are copied even where they need no padding.
         with_scratch(len + LANES, 0, |scratch, _| {
             let (planes_part, slack) = scratch.split_at_mut(len);
             slack.fill(0.0);
-            if pad_planes(x, s.height, s.width, s.pad as isize, planes, planes_part).as_ptr() != planes_part.as_ptr() {
+            if s.pad == 0 {
                 planes_part.copy_from_slice(x);
+            } else {
+                pad_planes(x, s.height, s.width, s.pad as isize, planes, planes_part);
             }
             let (input, kernel) = (&*scratch, s.kernel);
             convs.isa.run(PooledFilterGrad { input, planes, kernel, pool, d_pooled, argmax, out });
